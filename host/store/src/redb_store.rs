@@ -117,6 +117,24 @@ impl RedbStore {
             txn.commit().map_err(Error::db)?;
             (revision, compacted)
         };
+        // Apply the history bound now, not only at the next write: a server restarted with
+        // a shorter history must not serve revisions it promised to drop.
+        let mut compacted = compacted;
+        let keep_from = revision.saturating_sub(config.history_revisions);
+        while compacted < keep_from {
+            let upto = keep_from.min(compacted + COMPACT_STEP);
+            let txn = db.begin_write().map_err(Error::db)?;
+            {
+                let mut log = txn.open_table(LOG).map_err(Error::db)?;
+                for rev in compacted + 1..=upto {
+                    log.remove(rev).map_err(Error::db)?;
+                }
+                let mut meta = txn.open_table(META).map_err(Error::db)?;
+                meta.insert("compacted", upto).map_err(Error::db)?;
+            }
+            txn.commit().map_err(Error::db)?;
+            compacted = upto;
+        }
         info!(
             store.path = %config.path.display(),
             store.revision = revision,

@@ -390,3 +390,38 @@ async fn closing_the_store_ends_watches_and_refuses_writes() {
         .unwrap_err();
     assert!(matches!(err, Error::Closed));
 }
+
+#[tokio::test]
+async fn reopening_with_a_shorter_history_compacts_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    {
+        let store = RedbStore::open(Config::new(&path)).unwrap();
+        for i in 0..30 {
+            store
+                .create(format!("t/{i:03}"), object("x", "u"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.compacted_revision(), 0);
+    }
+    let mut config = Config::new(&path);
+    config.history_revisions = 5;
+    let store = RedbStore::open(config).unwrap();
+    assert_eq!(store.compacted_revision(), 25);
+    assert!(matches!(
+        store.watch("t/".into(), 10),
+        Err(Error::Compacted { .. })
+    ));
+    assert_eq!(
+        store
+            .watch("t/".into(), 26)
+            .unwrap()
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .revision,
+        27
+    );
+}

@@ -1,0 +1,118 @@
+//! Objects every cluster has: the default namespaces, the `kubernetes` Service and its
+//! Endpoints, and the system priority classes. Created at start when missing.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use skiff_core::registry::collection_prefix;
+use skiff_core::status::{ApiError, Reason};
+use skiff_store::ListOptions;
+use tracing::info;
+
+use crate::ApiServer;
+use crate::rest::{self, Ctx};
+
+const NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+pub(crate) async fn ensure_builtin_objects(server: &Arc<ApiServer>) -> Result<(), ApiError> {
+    // The allocator learns which Service IPs and ports are taken before handing out more.
+    let registry = server.registry();
+    let services = registry
+        .get("", "v1", "services")
+        .expect("built in")
+        .clone();
+    let existing = server
+        .store
+        .list(ListOptions {
+            prefix: collection_prefix(&services, None),
+            ..Default::default()
+        })
+        .await
+        .map_err(rest::store_error)?;
+    for svc in &existing.items {
+        server.allocator.observe(&rest::to_value(svc)?);
+    }
+    for ns in NAMESPACES {
+        ensure(
+            server,
+            "",
+            "namespaces",
+            None,
+            json!({"metadata": {"name": ns}}),
+        )
+        .await?;
+    }
+    let advertise = server.config.advertise_address;
+    ensure(
+        server,
+        "",
+        "services",
+        Some("default"),
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": server.allocator.first_ip().to_string(),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise.port()}],
+                "sessionAffinity": "None",
+            },
+        }),
+    )
+    .await?;
+    ensure(
+        server,
+        "",
+        "endpoints",
+        Some("default"),
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": [{
+                "addresses": [{"ip": advertise.ip().to_string()}],
+                "ports": [{"name": "https", "port": advertise.port(), "protocol": "TCP"}],
+            }],
+        }),
+    )
+    .await?;
+    for (name, value) in [
+        ("system-node-critical", 2_000_001_000),
+        ("system-cluster-critical", 2_000_000_000),
+    ] {
+        ensure(
+            server,
+            "scheduling.k8s.io",
+            "priorityclasses",
+            None,
+            json!({"metadata": {"name": name}, "value": value,
+                   "description": "Used for system critical pods that must not be moved from their current node."}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Creates an object unless one of that name exists.
+async fn ensure(
+    server: &Arc<ApiServer>,
+    group: &str,
+    plural: &str,
+    namespace: Option<&str>,
+    mut obj: Value,
+) -> Result<(), ApiError> {
+    let ctx = Ctx::internal(server, group, "v1", plural, namespace);
+    rest::check_type(&ctx.def, &mut obj)?;
+    if let Some(ns) = namespace {
+        obj["metadata"]["namespace"] = json!(ns);
+    }
+    match rest::create_object(&ctx, obj, false, rest::Track::Update("skiff-apiserver")).await {
+        Ok(_) => {
+            info!(
+                object.resource = plural,
+                object.namespace = namespace,
+                "created built-in object"
+            );
+            Ok(())
+        }
+        Err(e) if e.reason == Reason::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,138 @@
+//! `skiff server`: certificates, kubeconfig, store and API, until SIGTERM or SIGINT.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use skiff_apiserver::pki::{self, Pki};
+use skiff_apiserver::{ApiServer, Authenticator, Config, tls};
+use skiff_store::{Config as StoreConfig, RedbStore};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Flags of `skiff server`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The address to serve HTTPS on.
+    #[arg(long, default_value = "127.0.0.1", env = "SKIFF_BIND_ADDRESS")]
+    pub bind_address: IpAddr,
+    /// The port to serve HTTPS on (0 picks a free one).
+    #[arg(long, default_value_t = 6443, env = "SKIFF_PORT")]
+    pub port: u16,
+    /// Where certificates, the kubeconfig and the database live.
+    #[arg(long, default_value = "/var/lib/skiff", env = "SKIFF_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Extra subject alternative names for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    pub tls_sans: Vec<String>,
+    /// A kube-apiserver style token file: `token,user,uid,"group1,group2"` per line.
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
+    /// How many revisions of history the store keeps for watches.
+    #[arg(long, default_value_t = 10_000)]
+    pub history_revisions: u64,
+    /// How often watches that ask for bookmarks get one, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub bookmark_interval_seconds: u64,
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// The serving certificate's SANs: loopback, localhost, the hostname, the bind address and
+/// any extras.
+fn sans(args: &Args) -> Vec<String> {
+    let mut sans = vec![
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+        "localhost".to_owned(),
+    ];
+    sans.extend(hostname());
+    if !args.bind_address.is_unspecified() {
+        sans.push(args.bind_address.to_string());
+    }
+    sans.extend(args.tls_sans.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    sans.retain(|s| seen.insert(s.clone()));
+    sans
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+    let pki = Pki::ensure(&args.data_dir, &sans(&args)).context("preparing certificates")?;
+    let authenticator = match &args.token_auth_file {
+        Some(path) => {
+            let contents = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Authenticator::with_token_file(&contents)
+                .with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => Authenticator::default(),
+    };
+    let mut store_config = StoreConfig::new(args.data_dir.join("state.redb"));
+    store_config.history_revisions = args.history_revisions;
+    let store = Arc::new(RedbStore::open(store_config).context("opening the store")?);
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind_address, args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.bind_address, args.port))?;
+    let local = listener.local_addr()?;
+    let advertise = if local.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::from([127, 0, 0, 1]), local.port())
+    } else {
+        local
+    };
+    let config = Config {
+        advertise_address: advertise,
+        authenticator,
+        bookmark_interval: Duration::from_secs(args.bookmark_interval_seconds.max(1)),
+        ..Config::default()
+    };
+    let server = ApiServer::new(config, store.clone())
+        .await
+        .context("starting the API")?;
+    let url = match advertise.ip() {
+        IpAddr::V6(ip) => format!("https://[{ip}]:{}", advertise.port()),
+        IpAddr::V4(ip) => format!("https://{ip}:{}", advertise.port()),
+    };
+    let kubeconfig = args.data_dir.join("kubeconfig.yaml");
+    pki::write_private(&kubeconfig, &pki.admin_kubeconfig(&url))
+        .context("writing the kubeconfig")?;
+    let tls = tls::server_config(&pki).context("configuring TLS")?;
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(skiff_apiserver::serve(
+        listener,
+        tls,
+        server,
+        shutdown.clone(),
+    ));
+    info!(
+        listen.address = %local,
+        kubeconfig = %kubeconfig.display(),
+        startup.ms = started.elapsed().as_millis() as u64,
+        "skiff server ready"
+    );
+    wait_for_signal().await;
+    info!("shutting down");
+    shutdown.cancel();
+    serving.await.context("the API server task failed")?;
+    store.close();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,367 @@
+//! The end-to-end test kit: a [`TestCluster`] runs the real `skiff server` binary on
+//! `127.0.0.1` with its own data directory, and [`Kubectl`] runs the real kubectl against it
+//! with a fresh discovery cache.
+//!
+//! The binary is `target/debug/skiff` next to the test executable (the test script builds
+//! it first); `SKIFF_BIN` overrides the path.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Where the skiff binary is.
+pub fn skiff_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SKIFF_BIN") {
+        return PathBuf::from(path);
+    }
+    // target/debug/deps/<test> → target/debug/skiff
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    dir.join("skiff")
+}
+
+/// A running `skiff server` process.
+pub struct TestCluster {
+    /// The data directory (certificates, kubeconfig, database).
+    pub dir: tempfile::TempDir,
+    /// The address the API listens on.
+    pub addr: SocketAddr,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    /// Everything the server wrote to stderr, for failure messages.
+    log: Arc<Mutex<Vec<String>>>,
+    /// kubectl's discovery cache for this cluster.
+    cache: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts a server on a free port.
+    pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra flags.
+    pub fn start_with(extra_args: &[&str]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut cluster = TestCluster {
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            child: None,
+            log: Arc::default(),
+            cache: tempfile::tempdir()?,
+        };
+        cluster.spawn(0)?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, port: u16) -> Result<()> {
+        let binary = skiff_binary();
+        if !binary.exists() {
+            bail!(
+                "{} is missing: run `cargo build -p skiff` first (scripts/test.sh does)",
+                binary.display()
+            );
+        }
+        let mut child = Command::new(&binary)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--port")
+            .arg(port.to_string())
+            .args(&self.extra_args)
+            .env(
+                "SKIFF_LOG",
+                std::env::var("SKIFF_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stderr = child.stderr.take().expect("piped");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("skiff server ready")
+                    && let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("listen.address="))
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                {
+                    let _ = ready_tx.send(addr);
+                }
+                log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        self.child = Some(child);
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => {
+                self.addr = addr;
+                Ok(())
+            }
+            Err(_) => bail!("skiff server did not become ready:\n{}", self.logs()),
+        }
+    }
+
+    /// The server's log so far.
+    pub fn logs(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+
+    /// The admin kubeconfig the server wrote.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig.yaml")
+    }
+
+    /// A kubectl for this cluster.
+    pub fn kubectl(&self) -> Kubectl {
+        Kubectl {
+            kubeconfig: self.kubeconfig(),
+            cache: self.cache.path().to_owned(),
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status()?;
+            if !status.success() {
+                bail!("kill -TERM failed");
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    if !status.success() {
+                        bail!("skiff server exited with {status}:\n{}", self.logs());
+                    }
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!(
+                        "skiff server did not stop within 20 s of SIGTERM:\n{}",
+                        self.logs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills the server with SIGKILL (no chance to clean up).
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.start_again()
+    }
+
+    /// Starts a stopped or killed server again on the same port and data directory, with
+    /// possibly different extra flags.
+    pub fn start_again_with(&mut self, extra_args: &[&str]) -> Result<()> {
+        self.extra_args = extra_args.iter().map(|s| (*s).to_owned()).collect();
+        self.start_again()
+    }
+
+    /// Starts a stopped or killed server again on the same port and data directory.
+    pub fn start_again(&mut self) -> Result<()> {
+        let port = self.addr.port();
+        // The port may linger briefly after a kill; retry binding for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn(port) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    if let Some(mut c) = self.child.take() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The result of a kubectl run.
+#[derive(Debug)]
+pub struct Run {
+    /// The exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// The real kubectl, pointed at one cluster with its own discovery cache.
+#[derive(Clone, Debug)]
+pub struct Kubectl {
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+}
+
+impl Kubectl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("/usr/bin/kubectl");
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECACHEDIR", &self.cache)
+            .env_remove("KUBECTL_REMOTE_COMMAND_WEBSOCKETS")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs kubectl with `env` extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Run::from(cmd.output().expect("kubectl runs"))
+    }
+
+    /// Runs kubectl.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    /// Runs kubectl with `input` on its standard input.
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Run {
+        use std::io::Write;
+        let mut cmd = self.command(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())
+            .expect("kubectl reads its input");
+        Run::from(child.wait_with_output().expect("kubectl finishes"))
+    }
+
+    /// Runs kubectl, expecting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert_eq!(
+            run.code, 0,
+            "kubectl {args:?} failed:\n{}{}",
+            run.stdout, run.stderr
+        );
+        assert_no_warnings(args, &run.stderr);
+        run.stdout
+    }
+
+    /// Applies YAML from a string, expecting success; returns stdout.
+    pub fn apply(&self, yaml: &str, extra: &[&str]) -> String {
+        let mut args = vec!["apply", "-f", "-"];
+        args.extend_from_slice(extra);
+        let run = self.run_stdin(&args, yaml);
+        assert_eq!(
+            run.code, 0,
+            "kubectl {args:?} failed:\n{}{}",
+            run.stdout, run.stderr
+        );
+        run.stdout
+    }
+
+    /// Runs kubectl, expecting failure; returns stderr.
+    pub fn fail(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert_ne!(
+            run.code, 0,
+            "kubectl {args:?} should have failed:\n{}",
+            run.stdout
+        );
+        run.stderr
+    }
+}
+
+/// Fails if kubectl printed client-side warnings (`Warning:` lines or klog `W…` lines such
+/// as `very short watch`).
+pub fn assert_no_warnings(args: &[&str], stderr: &str) {
+    let klog = regex::Regex::new(r"^[WE]\d{4} ").expect("valid regex");
+    for line in stderr.lines() {
+        assert!(
+            !line.starts_with("Warning:") && !klog.is_match(line),
+            "kubectl {args:?} warned: {line}\n{stderr}"
+        );
+    }
+}
+
+/// Asserts that `text` has a line matching the (multi-line mode) regex.
+#[track_caller]
+pub fn assert_matches(text: &str, pattern: &str) {
+    let re = regex::RegexBuilder::new(pattern)
+        .multi_line(true)
+        .build()
+        .expect("valid regex");
+    assert!(re.is_match(text), "expected /{pattern}/ in:\n{text}");
+}
+
+/// Polls `check` until it returns `Some`, for at most `timeout`.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

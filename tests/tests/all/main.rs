@@ -1,0 +1,9 @@
+//! skiff's end-to-end tests, in one test binary: a real `skiff server` process per test,
+//! the real kubectl, the official Python client and kube-rs.
+
+mod clients;
+mod crash;
+mod kubectl;
+mod seeds;
+mod server;
+mod watcher;

@@ -1,0 +1,122 @@
+//! kube-rs (the Rust client) against skiff: its `watcher`, the reflector behind every Rust
+//! controller, lists, watches, survives a server restart, and relists after its
+//! resourceVersion has been compacted away (410 Expired).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use skiff_tests::TestCluster;
+use tokio::sync::mpsc;
+
+async fn client(cluster: &TestCluster) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+fn cm(name: &str) -> ConfigMap {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"k": name}}))
+        .unwrap()
+}
+
+/// What the test sees of the watcher: relists and applied names.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Relist(Vec<String>),
+    Apply(String),
+    Delete(String),
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the watcher reports within 30 s")
+        .expect("the watcher runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_watcher_survives_restart_and_compaction() {
+    let quiet = ["--bookmark-interval-seconds", "600"];
+    let mut cluster = TestCluster::start_with(&quiet).unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client(&cluster).await, "default");
+    api.create(&PostParams::default(), &cm("a")).await.unwrap();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watched = api.clone();
+    let task = tokio::spawn(async move {
+        let stream =
+            watcher::watcher(watched, watcher::Config::default().labels("!skip")).default_backoff();
+        futures::pin_mut!(stream);
+        let mut relist = Vec::new();
+        while let Some(event) = stream.next().await {
+            let seen = match event {
+                Ok(Event::Init) => {
+                    relist.clear();
+                    continue;
+                }
+                Ok(Event::InitApply(o)) => {
+                    relist.push(o.metadata.name.unwrap_or_default());
+                    continue;
+                }
+                Ok(Event::InitDone) => Seen::Relist(std::mem::take(&mut relist)),
+                Ok(Event::Apply(o)) => Seen::Apply(o.metadata.name.unwrap_or_default()),
+                Ok(Event::Delete(o)) => Seen::Delete(o.metadata.name.unwrap_or_default()),
+                // Connection errors while the server restarts: the backoff retries.
+                Err(_) => continue,
+            };
+            if tx.send(seen).is_err() {
+                break;
+            }
+        }
+    });
+
+    assert_eq!(next(&mut rx).await, Seen::Relist(vec!["a".into()]));
+    api.create(&PostParams::default(), &cm("b")).await.unwrap();
+    assert_eq!(next(&mut rx).await, Seen::Apply("b".into()));
+
+    // A restart: the watcher reconnects and carries on from where it was.
+    tokio::task::block_in_place(|| cluster.restart()).unwrap();
+    api.create(&PostParams::default(), &cm("c")).await.unwrap();
+    loop {
+        match next(&mut rx).await {
+            Seen::Apply(name) if name == "c" => break,
+            Seen::Relist(names) if names.contains(&"c".to_owned()) => break,
+            _ => {}
+        }
+    }
+
+    // Writes the watcher does not see (a label it excludes) move the revision on...
+    let mut skipped = cm("skipped");
+    for i in 0..20 {
+        skipped.metadata.name = Some(format!("skipped-{i}"));
+        skipped.metadata.labels = Some([("skip".to_owned(), "yes".to_owned())].into());
+        api.create(&PostParams::default(), &skipped).await.unwrap();
+    }
+    // ...and a restart with a 5-revision history compacts the watcher's revision away: its
+    // resumed watch gets 410 Expired, and it relists.
+    tokio::task::block_in_place(|| {
+        cluster.stop()?;
+        cluster.start_again_with(&[
+            "--bookmark-interval-seconds",
+            "600",
+            "--history-revisions",
+            "5",
+        ])
+    })
+    .unwrap();
+    let relisted = loop {
+        if let Seen::Relist(names) = next(&mut rx).await {
+            break names;
+        }
+    };
+    assert_eq!(relisted, ["a", "b", "c"]);
+    api.delete("a", &Default::default()).await.unwrap();
+    assert_eq!(next(&mut rx).await, Seen::Delete("a".into()));
+    task.abort();
+}
