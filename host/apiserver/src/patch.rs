@@ -149,15 +149,19 @@ pub(crate) async fn patch(
         },
     )
     .await?;
-    let mut resp = written_response(status, written);
+    let mut resp = written_response(ctx, status, written)?;
     rest::warning_headers(&mut resp, &warnings);
     Ok(resp)
 }
 
-fn written_response(status: StatusCode, written: Written) -> Response<Body> {
+fn written_response(
+    ctx: &Ctx,
+    status: StatusCode,
+    written: Written,
+) -> Result<Response<Body>, ApiError> {
     match written {
-        Written::Stored(s) => rest::stored_response(status, &s),
-        Written::DryRun(v) => http::json(status, &v),
+        Written::Stored(s) => ctx.respond(status, &s),
+        Written::DryRun(v) => Ok(http::json(status, &v)),
     }
 }
 
@@ -253,7 +257,7 @@ async fn apply(ctx: &Ctx, body: &[u8], mode: UpdateMode) -> Result<Response<Body
             .map_err(|e| conflict_error(ctx, e))?;
         let (stored, obj) = rest::create_object(ctx, merged, dry_run, Track::Applied).await?;
         match stored {
-            Some(s) => rest::stored_response(StatusCode::CREATED, &s),
+            Some(s) => ctx.respond(StatusCode::CREATED, &s)?,
             None => http::json(StatusCode::CREATED, &obj),
         }
     } else {
@@ -269,7 +273,7 @@ async fn apply(ctx: &Ctx, body: &[u8], mode: UpdateMode) -> Result<Response<Body
             .map_err(|e| conflict_error(ctx, e))
         })
         .await?;
-        written_response(status, written)
+        written_response(ctx, status, written)?
     };
     rest::warning_headers(&mut resp, &warnings);
     Ok(resp)

@@ -82,6 +82,35 @@ impl Ctx {
         self.server.store.as_ref()
     }
 
+    /// Whether the resource is stored in another resource's form (events.k8s.io Events).
+    pub fn converts(&self) -> bool {
+        skiff_core::convert::storage_of(&self.def).is_some()
+    }
+
+    /// A stored object in this resource's form.
+    pub fn value(&self, stored: &Stored) -> Result<Value, ApiError> {
+        let value = to_value(stored)?;
+        Ok(if self.converts() {
+            skiff_core::convert::from_storage(&self.def, value)
+        } else {
+            value
+        })
+    }
+
+    /// An object in its stored form.
+    pub fn to_storage(&self, obj: Value) -> Value {
+        skiff_core::convert::to_storage(&self.def, obj)
+    }
+
+    /// A response carrying a stored object, converted if the resource needs it.
+    pub fn respond(&self, status: StatusCode, stored: &Stored) -> Result<Response<Body>, ApiError> {
+        if self.converts() {
+            Ok(http::json(status, &self.value(stored)?))
+        } else {
+            Ok(stored_response(status, stored))
+        }
+    }
+
     /// The field manager of a write: `fieldManager`, else the User-Agent's product name
     /// (`kubectl` for `kubectl/v1.32.4 (linux/amd64) …`), as Kubernetes defaults it.
     pub fn field_manager(&self) -> String {
@@ -476,9 +505,9 @@ async fn get(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         .map_err(store_error)?
         .ok_or_else(|| ctx.not_found())?;
     match http::negotiate(&ctx.headers)? {
-        Output::Json => Ok(stored_response(StatusCode::OK, &stored)),
+        Output::Json => ctx.respond(StatusCode::OK, &stored),
         Output::Table => {
-            let value = to_value(&stored)?;
+            let value = ctx.value(&stored)?;
             let table = skiff_core::table::to_table(
                 &ctx.def,
                 std::slice::from_ref(&value),
@@ -716,7 +745,13 @@ async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
                 if i > 0 {
                     body.push(b',');
                 }
-                body.extend_from_slice(&item.data);
+                if ctx.converts() {
+                    body.extend_from_slice(
+                        &serde_json::to_vec(&ctx.value(item)?).unwrap_or_default(),
+                    );
+                } else {
+                    body.extend_from_slice(&item.data);
+                }
             }
             body.extend_from_slice(b"]}");
             Ok(http::respond(StatusCode::OK, http::JSON, Bytes::from(body)))
@@ -775,7 +810,7 @@ pub(crate) async fn create(ctx: &Ctx, body: Bytes) -> Result<Response<Body>, Api
     let manager = ctx.field_manager();
     let (stored, obj) = create_object(ctx, obj, dry_run, Track::Update(&manager)).await?;
     let mut resp = match stored {
-        Some(stored) => stored_response(StatusCode::CREATED, &stored),
+        Some(stored) => ctx.respond(StatusCode::CREATED, &stored)?,
         None => http::json(StatusCode::CREATED, &obj),
     };
     warning_headers(&mut resp, &warnings);
@@ -846,7 +881,11 @@ pub(crate) async fn create_object(
             }
             ctx.server.allocator.allocate(&mut candidate, None)?;
         }
-        match ctx.store().create(key, candidate.clone()).await {
+        match ctx
+            .store()
+            .create(key, ctx.to_storage(candidate.clone()))
+            .await
+        {
             Ok(stored) => {
                 ctx.server.after_write(&ctx.def).await?;
                 return Ok((Some(stored), candidate));
@@ -905,7 +944,7 @@ async fn update(ctx: &Ctx, body: Bytes, mode: UpdateMode) -> Result<Response<Bod
     )
     .await?;
     let mut resp = match stored {
-        Written::Stored(s) => stored_response(status, &s),
+        Written::Stored(s) => ctx.respond(status, &s)?,
         Written::DryRun(v) => http::json(status, &v),
     };
     warning_headers(&mut resp, &warnings);
@@ -963,7 +1002,7 @@ pub(crate) async fn write_update(
                 ApiError::STALE,
             ));
         }
-        let old = to_value(&current)?;
+        let old = ctx.value(&current)?;
         let new = build(&old)?;
         let mut new = ctx.server.prepare_update(&ctx.def, new, &old, mode)?;
         if let Track::Update(manager) = track {
@@ -1011,7 +1050,7 @@ pub(crate) async fn write_update(
             ctx.store()
                 .update(
                     key.clone(),
-                    new,
+                    ctx.to_storage(new),
                     Preconditions {
                         revision: Some(current.revision),
                         uid: None,
@@ -1022,7 +1061,9 @@ pub(crate) async fn write_update(
         match result {
             Ok(stored) => {
                 if finalized {
-                    ctx.server.after_delete(&ctx.def, &to_value(&stored)?).await;
+                    ctx.server
+                        .after_delete(&ctx.def, &ctx.value(&stored)?)
+                        .await;
                 }
                 ctx.server.after_write(&ctx.def).await?;
                 return Ok((StatusCode::OK, Written::Stored(stored)));
@@ -1232,7 +1273,7 @@ pub(crate) async fn delete_object(
         if opts.dry_run {
             let value = match write {
                 Some(v) => Deleted::Pending(v),
-                None => Deleted::Gone(to_value(&current)?),
+                None => Deleted::Gone(ctx.value(&current)?),
             };
             return Ok((StatusCode::OK, value));
         }
@@ -1243,7 +1284,7 @@ pub(crate) async fn delete_object(
         let result = match write {
             Some(marked) => ctx
                 .store()
-                .update(key.to_owned(), marked, preconditions)
+                .update(key.to_owned(), ctx.to_storage(marked), preconditions)
                 .await
                 .map(|s| (false, s)),
             None => ctx
@@ -1254,7 +1295,7 @@ pub(crate) async fn delete_object(
         };
         match result {
             Ok((gone, stored)) => {
-                let value = to_value(&stored)?;
+                let value = ctx.value(&stored)?;
                 if gone {
                     ctx.server.after_delete(&ctx.def, &value).await;
                     ctx.server.after_write(&ctx.def).await?;

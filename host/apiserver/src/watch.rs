@@ -132,8 +132,9 @@ pub(crate) async fn serve(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let start = if initial {
         let page = rest::list_page(&ctx, &filter, 0).await?;
         for item in &page.items {
-            let value = rest::to_value(item)?;
-            initial_events.push(encoder.event("ADDED", &value, Some(&item.data)));
+            let value = ctx.value(item)?;
+            let raw = (!ctx.converts()).then_some(&item.data);
+            initial_events.push(encoder.event("ADDED", &value, raw));
         }
         if send_initial == Some(true) {
             initial_events.push(encoder.bookmark(page.revision, true));
@@ -148,6 +149,8 @@ pub(crate) async fn serve(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let watch = ctx.server.store.watch(prefix, start);
     let shutdown = ctx.server.shutdown.clone();
     let bookmark_interval = ctx.server.config.bookmark_interval;
+    let def = ctx.def.clone();
+    let converts = ctx.converts();
     tokio::spawn(async move {
         for event in initial_events {
             if tx.send(event).await.is_err() {
@@ -206,7 +209,12 @@ pub(crate) async fn serve(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                 EventType::Deleted if was_matching => "DELETED",
                 _ => continue,
             };
-            let bytes = encoder.event(kind, object, Some(&event.object));
+            let bytes = if converts {
+                let converted = skiff_core::convert::from_storage(&def, object.clone());
+                encoder.event(kind, &converted, None)
+            } else {
+                encoder.event(kind, object, Some(&event.object))
+            };
             if tx.send(bytes).await.is_err() {
                 break;
             }

@@ -23,6 +23,7 @@
 //!
 //! [`skiff-apiserver`]: ../skiff_apiserver/index.html
 
+pub mod convert;
 pub mod crd;
 pub mod defaults;
 pub mod fields;

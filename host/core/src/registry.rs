@@ -111,14 +111,11 @@ pub fn object_key(def: &ResourceDef, namespace: Option<&str>, name: &str) -> Str
 
 /// The key prefix of a collection: all namespaces when `namespace` is `None`.
 pub fn collection_prefix(def: &ResourceDef, namespace: Option<&str>) -> String {
-    let group = if def.group.is_empty() {
-        "core"
-    } else {
-        def.group.as_str()
-    };
+    let (group, plural) = crate::convert::storage_of(def).unwrap_or((&def.group, &def.plural));
+    let group = if group.is_empty() { "core" } else { group };
     match namespace {
-        Some(ns) if def.namespaced => format!("{group}/{}/{ns}/", def.plural),
-        _ => format!("{group}/{}/", def.plural),
+        Some(ns) if def.namespaced => format!("{group}/{plural}/{ns}/"),
+        _ => format!("{group}/{plural}/"),
     }
 }
 
@@ -139,6 +136,12 @@ mod tests {
         assert_eq!(object_key(nodes, None, "n1"), "core/nodes/n1");
         let deploy = reg.by_kind("apps/v1", "Deployment").unwrap();
         assert_eq!(collection_prefix(deploy, Some("a")), "apps/deployments/a/");
+        let events = reg.get("events.k8s.io", "v1", "events").unwrap();
+        assert_eq!(
+            collection_prefix(events, Some("a")),
+            "core/events/a/",
+            "shares core events"
+        );
     }
 
     #[test]

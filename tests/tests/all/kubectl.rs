@@ -749,3 +749,96 @@ fn services_get_cluster_ips_and_node_ports() {
     let stderr = k.run(&["get", "svc"]).stderr;
     assert_no_warnings(&["get", "svc"], &stderr);
 }
+
+#[test]
+fn events_recorded_through_either_api_show_in_describe() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    k.run_stdin(&["create", "-f", "-"], POD);
+    let uid = k.ok(&["get", "pod", "web-pod", "-o", "jsonpath={.metadata.uid}"]);
+    // Recorded the way kube-rs controllers record: events.k8s.io/v1.
+    let event = format!(
+        "apiVersion: events.k8s.io/v1
+kind: Event
+metadata: {{name: web-pod.1, namespace: default}}
+eventTime: \"2026-11-22T10:00:00.000000Z\"
+reportingController: skiff-test
+reportingInstance: test-1
+action: Testing
+reason: Tested
+note: the pod was tested
+type: Normal
+regarding: {{apiVersion: v1, kind: Pod, name: web-pod, namespace: default, uid: {uid}}}
+"
+    );
+    assert_matches(
+        &k.apply(&event, &[]),
+        "event.events.k8s.io/web-pod.1 created",
+    );
+    let table = k.ok(&["get", "events"]);
+    assert_matches(&table, r"Normal +Tested +pod/web-pod +the pod was tested");
+    let described = k.ok(&["describe", "pod", "web-pod"]);
+    assert_matches(&described, r"Normal +Tested .*the pod was tested");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "events.v1.events.k8s.io",
+            "web-pod.1",
+            "-o",
+            "jsonpath={.note}/{.regarding.name}"
+        ]),
+        "the pod was tested/web-pod"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "events.v1.",
+            "web-pod.1",
+            "-o",
+            "jsonpath={.message}/{.involvedObject.name}"
+        ]),
+        "the pod was tested/web-pod"
+    );
+}
+
+#[test]
+fn finalizers_hold_deletion_until_removed() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    k.apply(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, finalizers: [example.com/hold]}\n",
+        &[],
+    );
+    k.ok(&["delete", "cm", "held", "--wait=false"]);
+    let state = k.ok(&[
+        "get",
+        "cm",
+        "held",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp} {.metadata.finalizers}",
+    ]);
+    assert_matches(
+        &state,
+        r#"^\d{4}-\d\d-\d\dT[0-9:]+Z \["example.com/hold"\]$"#,
+    );
+    // Writes to a deleting object still work; removing the last finalizer deletes it.
+    k.ok(&["label", "cm", "held", "still=writable"]);
+    k.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    assert_matches(&k.fail(&["get", "cm", "held"]), "NotFound");
+    // A finalizer that is neither standard nor domain-qualified is refused.
+    let run = k.run_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bad, finalizers: [hold]}\n",
+    );
+    assert_matches(
+        &run.stderr,
+        "neither a standard finalizer name nor is it fully qualified",
+    );
+}

@@ -120,3 +120,94 @@ async fn kube_rs_watcher_survives_restart_and_compaction() {
     assert_eq!(next(&mut rx).await, Seen::Delete("a".into()));
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_with_selectors_see_objects_enter_and_leave() {
+    use kube::api::{DeleteParams, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+    let cluster = TestCluster::start().unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client(&cluster).await, "default");
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut stream = api
+        .watch(
+            &WatchParams::default()
+                .labels("app=web")
+                .fields("metadata.name=x"),
+            &rv,
+        )
+        .await
+        .unwrap()
+        .boxed();
+    let mut x = cm("x");
+    x.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
+    api.create(&PostParams::default(), &x).await.unwrap();
+    api.create(&PostParams::default(), &cm("not-x"))
+        .await
+        .unwrap();
+    let relabel = |v: &str| Patch::Merge(serde_json::json!({"metadata": {"labels": {"app": v}}}));
+    api.patch("x", &PatchParams::default(), &relabel("db"))
+        .await
+        .unwrap();
+    api.patch("x", &PatchParams::default(), &relabel("db2"))
+        .await
+        .unwrap();
+    api.patch("x", &PatchParams::default(), &relabel("web"))
+        .await
+        .unwrap();
+    api.delete("x", &DeleteParams::default()).await.unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the watch is open")
+            .unwrap();
+        kinds.push(match event {
+            WatchEvent::Added(o) => {
+                format!("ADDED {}", o.metadata.labels.unwrap_or_default()["app"])
+            }
+            WatchEvent::Modified(_) => "MODIFIED".into(),
+            WatchEvent::Deleted(o) => {
+                format!("DELETED {}", o.metadata.labels.unwrap_or_default()["app"])
+            }
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => panic!("{e:?}"),
+        });
+    }
+    assert_eq!(
+        kinds,
+        ["ADDED web", "DELETED db", "ADDED web", "DELETED web"]
+    );
+
+    // deletecollection removes exactly what the selector picks.
+    for name in ["keep", "drop-1", "drop-2"] {
+        let mut c = cm(name);
+        if name.starts_with("drop") {
+            c.metadata.labels = Some([("drop".to_owned(), "yes".to_owned())].into());
+        }
+        api.create(&PostParams::default(), &c).await.unwrap();
+    }
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("drop=yes"),
+    )
+    .await
+    .unwrap();
+    let left: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert!(
+        left.contains(&"keep".to_owned()) && !left.iter().any(|n| n.starts_with("drop")),
+        "{left:?}"
+    );
+}
