@@ -49,7 +49,7 @@ pub fn error(err: &ApiError) -> Response<Body> {
     let status =
         StatusCode::from_u16(err.reason.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = json(status, &err.to_status());
-    if let Some(secs) = err.retry_after_seconds {
+    if let Some(secs) = err.details.retry_after_seconds {
         resp.headers_mut()
             .insert("retry-after", HeaderValue::from(secs));
     }

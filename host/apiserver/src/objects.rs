@@ -638,9 +638,9 @@ pub(crate) fn namespace_terminating(namespace: &str) -> ApiError {
             "unable to create new content in namespace {namespace} because it is being terminated"
         ),
     );
-    err.name = Some(namespace.to_owned());
-    err.kind = Some("namespaces".into());
-    err.causes.push(skiff_core::status::Cause {
+    err.details.name = Some(namespace.to_owned());
+    err.details.kind = Some("namespaces".into());
+    err.details.causes.push(skiff_core::status::Cause {
         reason: "NamespaceTerminating".into(),
         message: format!("namespace {namespace} is being terminated"),
         field: "metadata.namespace".into(),

@@ -24,12 +24,15 @@ use crate::ApiServer;
 use crate::discovery::GIT_VERSION;
 use crate::http::{self, Body};
 
+/// The documents built for one registry, by group-version path.
+type Built = (Arc<Registry>, HashMap<String, Arc<Document>>);
+
 /// Built documents for one registry.
 #[derive(Default)]
 pub(crate) struct Cache {
     /// A std Mutex: held while looking up or storing, and while building (building is
     /// CPU-only, and concurrent first requests would only build the same thing twice).
-    inner: Mutex<Option<(Arc<Registry>, HashMap<String, Arc<Document>>)>>,
+    inner: Mutex<Option<Built>>,
 }
 
 struct Document {

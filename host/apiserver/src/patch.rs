@@ -170,7 +170,7 @@ fn conflict_error(ctx: &Ctx, err: ApplyError) -> ApiError {
         ApplyError::Conflicts(conflicts) => {
             let mut e = ApiError::conflict(&ctx.def.group, &ctx.def.plural, ctx.name(), "");
             e.message = err.to_string();
-            e.causes = conflicts
+            e.details.causes = conflicts
                 .iter()
                 .map(|c| Cause {
                     reason: "FieldManagerConflict".into(),

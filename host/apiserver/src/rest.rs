@@ -474,7 +474,7 @@ pub(crate) fn store_error(err: skiff_store::Error) -> ApiError {
                 Reason::Timeout,
                 format!("Too large resource version: {requested}, current: {current}"),
             );
-            e.retry_after_seconds = Some(1);
+            e.details.retry_after_seconds = Some(1);
             e
         }
         E::Closed => ApiError::new(Reason::InternalError, "the server is shutting down"),

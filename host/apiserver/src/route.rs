@@ -107,11 +107,12 @@ fn resource(group: String, version: &str, rest: &[&str]) -> Route {
         parts = &parts[1..];
     }
     let mut namespace = None;
-    if parts.first() == Some(&"namespaces") && parts.len() > 1 {
-        if parts.len() > 2 && !NAMESPACE_SUBRESOURCES.contains(&parts[2]) {
-            namespace = Some(parts[1].to_owned());
-            parts = &parts[2..];
-        }
+    if parts.first() == Some(&"namespaces")
+        && parts.len() > 2
+        && !NAMESPACE_SUBRESOURCES.contains(&parts[2])
+    {
+        namespace = Some(parts[1].to_owned());
+        parts = &parts[2..];
     }
     let (resource, name, subresource) = match parts {
         [r] => (*r, None, None),

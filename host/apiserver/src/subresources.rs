@@ -301,7 +301,7 @@ async fn charge_disruption_budget(ctx: &Ctx, pod: &Value, dry_run: bool) -> Resu
             Reason::TooManyRequests,
             "Cannot evict pod as it would violate the pod's disruption budget.",
         );
-        err.causes.push(skiff_core::status::Cause {
+        err.details.causes.push(skiff_core::status::Cause {
             reason: "DisruptionBudget".into(),
             message: format!(
                 "The disruption budget {name} needs {} healthy pods and has {} currently",
@@ -316,7 +316,7 @@ async fn charge_disruption_budget(ctx: &Ctx, pod: &Value, dry_run: bool) -> Resu
             ),
             field: String::new(),
         });
-        err.retry_after_seconds = Some(10);
+        err.details.retry_after_seconds = Some(10);
         return Err(err);
     }
     if dry_run {
@@ -345,7 +345,7 @@ async fn charge_disruption_budget(ctx: &Ctx, pod: &Value, dry_run: bool) -> Resu
                     Reason::TooManyRequests,
                     "the disruption budget changed; please retry",
                 );
-                err.retry_after_seconds = Some(1);
+                err.details.retry_after_seconds = Some(1);
                 err
             }
             other => store_error(other),

@@ -69,7 +69,7 @@ pub fn find(obj: &Value, path: &str) -> Option<Value> {
                     next.extend(v.as_array().into_iter().flatten().filter(|item| {
                         match item.get(field) {
                             Some(Value::String(s)) => s == value,
-                            Some(other) => other.to_string() == *value,
+                            Some(other) => *other == *value.as_str(),
                             None => false,
                         }
                     }))

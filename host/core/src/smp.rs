@@ -216,7 +216,7 @@ fn reorder(list: &mut Vec<Value>, order: &[Value], key: Option<&str>) {
         Some(k) => v.get(k).cloned(),
         None => Some(v.clone()),
     };
-    let wanted: Vec<Value> = order.iter().filter_map(|o| ident(o)).collect();
+    let wanted: Vec<Value> = order.iter().filter_map(&ident).collect();
     let mut indexed: Vec<(usize, Value)> = std::mem::take(list)
         .into_iter()
         .enumerate()

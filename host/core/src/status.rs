@@ -104,6 +104,13 @@ pub struct ApiError {
     pub reason: Reason,
     /// The message kubectl prints.
     pub message: String,
+    /// `details`, boxed: errors travel in every `Result` of the request path.
+    pub details: Box<Details>,
+}
+
+/// The `details` of a failed `Status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Details {
     /// `details.name`.
     pub name: Option<String>,
     /// `details.group`.
@@ -140,18 +147,14 @@ impl ApiError {
         ApiError {
             reason,
             message: message.into(),
-            name: None,
-            group: None,
-            kind: None,
-            causes: Vec::new(),
-            retry_after_seconds: None,
+            details: Box::default(),
         }
     }
 
     fn about(mut self, group: &str, resource: &str, name: &str) -> Self {
-        self.group = Some(group.to_owned());
-        self.kind = Some(resource.to_owned());
-        self.name = Some(name.to_owned());
+        self.details.group = Some(group.to_owned());
+        self.details.kind = Some(resource.to_owned());
+        self.details.name = Some(name.to_owned());
         self
     }
 
@@ -202,7 +205,7 @@ impl ApiError {
         };
         let message = format!("{qualified_kind} \"{name}\" is invalid: {joined}");
         let mut err = ApiError::new(Reason::Invalid, message).about(group, kind, name);
-        err.causes = errors
+        err.details.causes = errors
             .iter()
             .map(|e| Cause {
                 reason: e.kind.cause_reason().to_owned(),
@@ -250,24 +253,25 @@ impl ApiError {
             "code": self.reason.code(),
         });
         let mut details = serde_json::Map::new();
-        if let Some(name) = &self.name {
+        let d = &self.details;
+        if let Some(name) = &d.name {
             details.insert("name".into(), name.clone().into());
         }
-        if let Some(group) = &self.group {
+        if let Some(group) = &d.group {
             details.insert("group".into(), group.clone().into());
         }
-        if let Some(kind) = &self.kind {
+        if let Some(kind) = &d.kind {
             details.insert("kind".into(), kind.clone().into());
         }
-        if !self.causes.is_empty() {
-            let causes = self
+        if !d.causes.is_empty() {
+            let causes = d
                 .causes
                 .iter()
                 .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
                 .collect::<Vec<_>>();
             details.insert("causes".into(), causes.into());
         }
-        if let Some(secs) = self.retry_after_seconds {
+        if let Some(secs) = d.retry_after_seconds {
             details.insert("retryAfterSeconds".into(), secs.into());
         }
         if !details.is_empty() {

@@ -142,16 +142,15 @@ fn validate_meta(def: &ResourceDef, meta: &Map<String, Value>, errs: &mut Vec<Fi
         )),
         Some(name) => errs.extend(name_errors(&name_rule(def), "metadata.name", name)),
     }
-    if def.namespaced {
-        if let Some(ns) = meta.get("namespace").and_then(Value::as_str)
-            && !is_dns1123_label(ns)
-        {
-            errs.push(FieldError::invalid(
-                "metadata.namespace",
-                ns,
-                DNS1123_LABEL_MSG,
-            ));
-        }
+    if def.namespaced
+        && let Some(ns) = meta.get("namespace").and_then(Value::as_str)
+        && !is_dns1123_label(ns)
+    {
+        errs.push(FieldError::invalid(
+            "metadata.namespace",
+            ns,
+            DNS1123_LABEL_MSG,
+        ));
     }
     if let Some(labels) = meta.get("labels").and_then(Value::as_object) {
         for (k, v) in labels {
