@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use skiff_core::fields::FieldSelector;
 use skiff_core::labels::Selector;
+use skiff_core::proto::ProtoError;
 use skiff_core::registry::{Registry, collection_prefix, object_key};
 use skiff_core::resources::ResourceDef;
 use skiff_core::ssa;
@@ -328,10 +329,15 @@ pub(crate) fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, Api
         })?,
         "application/yaml" | "application/apply-patch+yaml" => decode_yaml(body)?,
         "application/vnd.kubernetes.protobuf" => {
-            skiff_core::proto::decode_envelope(body).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "the body of the request could not be decoded as protobuf: {e}"
-                ))
+            skiff_core::proto::decode_envelope(body).map_err(|e| match e {
+                // As for a custom resource in Kubernetes: the client must fall back to JSON.
+                ProtoError::UnknownKind { .. } => {
+                    ApiError::new(Reason::UnsupportedMediaType, e.to_string())
+                }
+                _ => ApiError::bad_request(format!(
+                    "the body of the request could not be decoded as protobuf: {}",
+                    error_chain(&e)
+                )),
             })?
         }
         other => {
@@ -478,17 +484,20 @@ pub(crate) fn store_error(err: skiff_store::Error) -> ApiError {
             e
         }
         E::Closed => ApiError::new(Reason::InternalError, "the server is shutting down"),
-        other => {
-            let mut chain = other.to_string();
-            let mut source = std::error::Error::source(&other);
-            while let Some(s) = source {
-                chain.push_str(": ");
-                chain.push_str(&s.to_string());
-                source = s.source();
-            }
-            ApiError::internal(chain)
-        }
+        other => ApiError::internal(error_chain(&other)),
     }
+}
+
+/// An error and its causes, `: `-joined, for a `Status` message (the client sees no logs).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    chain
 }
 
 /// A JSON response from stored bytes.

@@ -8,6 +8,7 @@
 //! - [`labels`], [`fields`]: selectors;
 //! - [`names`], [`validation`], [`defaults`]: what an object must look like and what the
 //!   server fills in;
+//! - [`proto`]: Kubernetes protobuf request bodies, decoded into JSON;
 //! - [`status`]: errors as Kubernetes `Status` objects;
 //! - [`time`]: timestamps and ages.
 //!

@@ -373,7 +373,13 @@ fn printer(def: &ResourceDef) -> Option<(Vec<Column>, Cells)> {
                     name(o),
                     s(o.pointer("/spec/schedule")).into(),
                     or_none(s(o.pointer("/spec/timeZone"))),
-                    (o.pointer("/spec/suspend").and_then(Value::as_bool) == Some(true)).into(),
+                    // The printer's printBoolPtr: a string cell, `<unset>` when absent.
+                    match o.pointer("/spec/suspend").and_then(Value::as_bool) {
+                        Some(true) => "True",
+                        Some(false) => "False",
+                        None => "<unset>",
+                    }
+                    .into(),
                     (o.pointer("/status/active")
                         .and_then(Value::as_array)
                         .map_or(0, Vec::len) as i64)

@@ -842,3 +842,214 @@ fn finalizers_hold_deletion_until_removed() {
         "neither a standard finalizer name nor is it fully qualified",
     );
 }
+
+#[test]
+fn create_generators_and_auth_commands_send_protobuf_that_is_understood() {
+    // kubectl's typed clients send these bodies as application/vnd.kubernetes.protobuf.
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    let get = |args: &[&str]| k.ok(args).trim().to_owned();
+    k.ok(&["create", "namespace", "gen"]);
+    assert_eq!(
+        get(&["get", "ns", "gen", "-o", "jsonpath={.status.phase}"]),
+        "Active"
+    );
+
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox:1.36",
+        "--replicas=0",
+        "--port=8080",
+    ]);
+    assert_eq!(
+        get(&[
+            "-n",
+            "gen",
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.selector.matchLabels.app}"
+        ]),
+        "0 8080 web",
+        "replicas: 0 is a value, not the default"
+    );
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=a=1",
+        "--from-literal=empty=",
+    ]);
+    assert_eq!(
+        get(&["-n", "gen", "get", "cm", "cfg", "-o", "jsonpath={.data}"]),
+        r#"{"a":"1","empty":""}"#
+    );
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=hunter2",
+    ]);
+    assert_eq!(
+        get(&[
+            "-n",
+            "gen",
+            "get",
+            "secret",
+            "pw",
+            "-o",
+            "jsonpath={.data.password}"
+        ]),
+        "aHVudGVyMg=="
+    );
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "service",
+        "nodeport",
+        "np",
+        "--tcp=80:8080",
+        "--node-port=30080",
+    ]);
+    assert_eq!(
+        get(&[
+            "-n",
+            "gen",
+            "get",
+            "svc",
+            "np",
+            "-o",
+            "jsonpath={.spec.type} {.spec.ports[0].nodePort} {.spec.ports[0].targetPort}"
+        ]),
+        "NodePort 30080 8080"
+    );
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "job",
+        "pi",
+        "--image=busybox",
+        "--",
+        "echo",
+        "3.14",
+    ]);
+    assert_eq!(
+        get(&[
+            "-n",
+            "gen",
+            "get",
+            "job",
+            "pi",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].command}"
+        ]),
+        r#"["echo","3.14"]"#
+    );
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=*/1 * * * *",
+    ]);
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "role",
+        "reader",
+        "--verb=get,list",
+        "--resource=pods",
+    ]);
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "rolebinding",
+        "read",
+        "--role=reader",
+        "--user=alice",
+    ]);
+    assert_eq!(
+        get(&[
+            "-n",
+            "gen",
+            "get",
+            "rolebinding",
+            "read",
+            "-o",
+            "jsonpath={.subjects[0].name}"
+        ]),
+        "alice"
+    );
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "quota",
+        "q",
+        "--hard=pods=10,memory=1Gi",
+    ]);
+    assert_eq!(
+        get(&[
+            "-n",
+            "gen",
+            "get",
+            "quota",
+            "q",
+            "-o",
+            "jsonpath={.spec.hard.memory}"
+        ]),
+        "1Gi"
+    );
+    k.ok(&["create", "priorityclass", "zero", "--value=0"]);
+    assert_matches(&k.ok(&["get", "pc", "zero"]), r"^zero +0 +false +");
+    k.ok(&[
+        "-n",
+        "gen",
+        "create",
+        "pdb",
+        "web",
+        "--selector=app=web",
+        "--min-available=0",
+    ]);
+    assert_eq!(
+        get(&[
+            "-n",
+            "gen",
+            "get",
+            "pdb",
+            "web",
+            "-o",
+            "jsonpath={.spec.minAvailable}"
+        ]),
+        "0"
+    );
+    // Creating an existing one answers AlreadyExists, as for a JSON body.
+    let again = k.fail(&["create", "namespace", "gen"]);
+    assert_matches(&again, r#"AlreadyExists.*namespaces "gen" already exists"#);
+
+    assert_eq!(
+        get(&["auth", "can-i", "create", "deployments.apps", "-n", "gen"]),
+        "yes"
+    );
+    assert_matches(
+        &k.ok(&["auth", "can-i", "--list", "-n", "gen"]),
+        r"^\*\.\* +\[\] +\[\] +\[\*\]",
+    );
+    assert_matches(&k.ok(&["auth", "whoami"]), r"Username +skiff-admin");
+}
