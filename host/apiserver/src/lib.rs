@@ -7,7 +7,7 @@
 //! Kubernetes objects, lists, Tables and watch streams.
 //!
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use skiff_apiserver::{ApiServer, Config, pki::Pki, serve, tls};
 //! use skiff_store::{RedbStore, Config as StoreConfig};

@@ -113,6 +113,36 @@ fn access_reviews_decode_as_kubectl_auth_sends_them() {
 }
 
 #[test]
+fn delete_options_decode_under_any_group_version() {
+    // client-go's typed Delete sends DeleteOptions as protobuf with the resource's own
+    // apiVersion: here `gracePeriodSeconds: 0` (a pointer, so the zero is kept) and
+    // Foreground propagation.
+    let options = [&[0x08, 0x00, 0x22, 0x0a][..], b"Foreground"].concat();
+    let type_meta = [
+        &[0x0a, 0x07][..],
+        b"apps/v1",
+        &[0x12, 0x0d],
+        b"DeleteOptions",
+    ]
+    .concat();
+    let body = [
+        &b"k8s\0"[..],
+        &[0x0a, type_meta.len() as u8],
+        &type_meta,
+        &[0x12, options.len() as u8],
+        &options,
+    ]
+    .concat();
+    assert_eq!(
+        decode_envelope(&body).unwrap(),
+        json!({
+            "apiVersion": "apps/v1", "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0, "propagationPolicy": "Foreground",
+        })
+    );
+}
+
+#[test]
 fn damaged_bodies_are_refused_with_a_reason() {
     let body = fixture("deployment", "pb");
     assert!(matches!(
