@@ -1,13 +1,16 @@
-//! Objects every cluster has: the default namespaces, the `kubernetes` Service and its
-//! Endpoints, and the system priority classes. Created at start when missing.
+//! Objects every cluster has: the default namespaces, the `kubernetes` Service with its
+//! Endpoints and EndpointSlice, and the system priority classes. Created at start when
+//! missing, and recreated within [`REPAIR_INTERVAL`] if deleted, as kube-apiserver's
+//! bootstrap controller does.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use skiff_core::registry::collection_prefix;
 use skiff_core::status::{ApiError, Reason};
 use skiff_store::ListOptions;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::ApiServer;
 use crate::rest::{self, Ctx};
@@ -73,6 +76,19 @@ pub(crate) async fn ensure_builtin_objects(server: &Arc<ApiServer>) -> Result<()
         }),
     )
     .await?;
+    ensure(
+        server,
+        "discovery.k8s.io",
+        "endpointslices",
+        Some("default"),
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": if advertise.is_ipv4() { "IPv4" } else { "IPv6" },
+            "endpoints": [{"addresses": [advertise.ip().to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": advertise.port(), "protocol": "TCP"}],
+        }),
+    )
+    .await?;
     for (name, value) in [
         ("system-node-critical", 2_000_001_000),
         ("system-cluster-critical", 2_000_000_000),
@@ -88,6 +104,33 @@ pub(crate) async fn ensure_builtin_objects(server: &Arc<ApiServer>) -> Result<()
         .await?;
     }
     Ok(())
+}
+
+/// How often deleted built-in objects are recreated.
+pub(crate) const REPAIR_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Recreates deleted built-in objects every [`REPAIR_INTERVAL`] until shutdown. The task
+/// holds the server weakly, so it ends when the server is dropped too.
+pub(crate) fn spawn_repair(server: &Arc<ApiServer>) {
+    let weak: Weak<ApiServer> = Arc::downgrade(server);
+    let shutdown = server.shutdown.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(REPAIR_INTERVAL);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let Some(server) = weak.upgrade() else { break };
+            if let Err(err) = ensure_builtin_objects(&server).await {
+                warn!(
+                    error = &err as &dyn std::error::Error,
+                    "repairing built-in objects failed"
+                );
+            }
+        }
+    });
 }
 
 /// Creates an object unless one of that name exists.

@@ -164,7 +164,7 @@ where
         {
             Err(ApiError::new(
                 Reason::RequestEntityTooLarge,
-                format!("the request body is larger than the limit of {limit} bytes"),
+                format!("Request entity too large: limit is {limit}"),
             ))
         }
         Err(_) => Err(ApiError::bad_request("the request body could not be read")),

@@ -156,6 +156,7 @@ impl ApiServer {
         bootstrap::ensure_builtin_objects(&server)
             .await
             .map_err(StartError::Bootstrap)?;
+        bootstrap::spawn_repair(&server);
         // Generating the built-in schemas takes a while; do it off the start-up path.
         let warm = server.clone();
         tokio::task::spawn_blocking(move || {
@@ -230,6 +231,61 @@ impl ApiServer {
         response
     }
 
+    /// `/healthz`, `/livez`, `/readyz`, one check (`/readyz/ping`), or `?verbose` with a
+    /// line per check, as kube-apiserver answers them.
+    fn health(&self, uri: &::http::Uri) -> Response<Body> {
+        let mut segments = uri.path().trim_matches('/').split('/');
+        let endpoint = segments.next().unwrap_or_default();
+        let only = segments.next();
+        let shutting_down = self.shutdown.is_cancelled();
+        let mut checks = vec![("ping", true), ("log", true), ("store", true)];
+        if endpoint == "readyz" {
+            checks.push(("shutdown", !shutting_down));
+        }
+        if let Some(name) = only {
+            return match checks.iter().find(|(n, _)| *n == name) {
+                Some((_, true)) => http::respond(StatusCode::OK, TEXT, "ok"),
+                Some((_, false)) => http::respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    "internal server error",
+                ),
+                None => http::error(&ApiError::no_route()),
+            };
+        }
+        let healthy = checks.iter().all(|(_, ok)| *ok);
+        let status = if healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        let verbose = uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|p| p == "verbose" || p.starts_with("verbose="))
+        });
+        if !verbose {
+            let body = if healthy {
+                "ok".to_owned()
+            } else {
+                format!("{endpoint} check failed")
+            };
+            return http::respond(status, TEXT, body);
+        }
+        let mut body = String::new();
+        for (name, ok) in &checks {
+            if *ok {
+                body.push_str(&format!("[+]{name} ok\n"));
+            } else {
+                body.push_str(&format!("[-]{name} failed: reason withheld\n"));
+            }
+        }
+        body.push_str(&format!(
+            "{endpoint} check {}\n",
+            if healthy { "passed" } else { "failed" }
+        ));
+        http::respond(status, TEXT, body)
+    }
+
     async fn dispatch(
         self: &Arc<Self>,
         req: Request<Incoming>,
@@ -248,11 +304,10 @@ impl ApiServer {
                 get_only(req.method())?;
                 Ok(http::json(StatusCode::OK, &discovery::version()))
             }
-            Route::Health => Ok(http::respond(
-                StatusCode::OK,
-                "text/plain; charset=utf-8",
-                "ok",
-            )),
+            Route::Health => {
+                get_only(req.method())?;
+                Ok(self.health(req.uri()))
+            }
             Route::Metrics => Ok(http::respond(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -295,6 +350,8 @@ impl ApiServer {
         }
     }
 }
+
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Serves the API on `listener` until `shutdown` fires, then stops accepting, ends watches
 /// and gives open requests a few seconds to finish.

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
 use skiff_core::resources::{ResourceDef, SchemaSource};
-use skiff_core::status::{ApiError, FieldError, Reason};
+use skiff_core::status::{ApiError, FieldError};
 use skiff_core::{defaults, validation};
 
 use crate::ApiServer;
@@ -155,9 +155,6 @@ impl ApiServer {
         if def.group == "batch" && def.plural == "jobs" {
             job_selector(obj, uid);
         }
-        if def.group == "batch" && def.plural == "cronjobs" {
-            // Jobs made from the template get their selector when they are created.
-        }
         if let ("", "pods") = (def.group.as_str(), def.plural.as_str()) {
             let qos = defaults::qos_class(obj.get("spec").unwrap_or(&Value::Null));
             obj["status"] = json!({"phase": "Pending", "qosClass": qos});
@@ -204,6 +201,9 @@ impl ApiServer {
                         Some(s) => map.insert("status".into(), s.clone()),
                         None => map.remove("status"),
                     };
+                }
+                if def.group == "apiextensions.k8s.io" {
+                    skiff_core::crd::record_storage_version(&mut result);
                 }
                 result
             }
@@ -630,16 +630,18 @@ pub(crate) fn not_found(def: &ResourceDef, name: &str) -> ApiError {
     ApiError::not_found(&def.group, &def.plural, name)
 }
 
-/// 403 for writes into a namespace being deleted.
-pub(crate) fn namespace_terminating(namespace: &str) -> ApiError {
-    let mut err = ApiError::new(
-        Reason::Forbidden,
-        format!(
+/// 403 for creating `name` in a namespace being deleted, as the NamespaceLifecycle
+/// admission plugin answers: `configmaps "y" is forbidden: unable to create new content in
+/// namespace term because it is being terminated`.
+pub(crate) fn namespace_terminating(def: &ResourceDef, name: &str, namespace: &str) -> ApiError {
+    let mut err = ApiError::forbidden(
+        &def.group,
+        &def.plural,
+        name,
+        &format!(
             "unable to create new content in namespace {namespace} because it is being terminated"
         ),
     );
-    err.details.name = Some(namespace.to_owned());
-    err.details.kind = Some("namespaces".into());
     err.details.causes.push(skiff_core::status::Cause {
         reason: "NamespaceTerminating".into(),
         message: format!("namespace {namespace} is being terminated"),

@@ -294,14 +294,19 @@ fn json_body(schema: &Value) -> Value {
     json!({"content": {"*/*": {"schema": schema}}, "required": true})
 }
 
-fn patch_body() -> Value {
+/// The PATCH body's media types. Custom resources have no strategic merge patch, and
+/// kubectl's client-side apply reads this list to choose between it and a merge patch.
+fn patch_body(def: &ResourceDef) -> Value {
     let patch = reference(&format!("{META}.Patch"));
-    json!({"content": {
+    let mut content = json!({
         "application/apply-patch+yaml": {"schema": patch},
         "application/json-patch+json": {"schema": patch},
         "application/merge-patch+json": {"schema": patch},
-        "application/strategic-merge-patch+json": {"schema": patch},
-    }, "required": true})
+    });
+    if !matches!(def.schema, SchemaSource::Custom(_)) {
+        content["application/strategic-merge-patch+json"] = json!({"schema": patch});
+    }
+    json!({"content": content, "required": true})
 }
 
 fn resource_paths(paths: &mut Map<String, Value>, def: &ResourceDef, kind_ref: &Value) {
@@ -391,7 +396,7 @@ fn resource_paths(paths: &mut Map<String, Value>, def: &ResourceDef, kind_ref: &
                     "parameters": params,
                     "get": operation("read", "get", def, kind_ref, vec![], None, op_id("read", def, namespaced, "")),
                     "put": operation("replace", "put", def, kind_ref, write_params(), Some(json_body(kind_ref)), op_id("replace", def, namespaced, "")),
-                    "patch": operation("patch", "patch", def, kind_ref, patch_params.clone(), Some(patch_body()), op_id("patch", def, namespaced, "")),
+                    "patch": operation("patch", "patch", def, kind_ref, patch_params.clone(), Some(patch_body(def)), op_id("patch", def, namespaced, "")),
                     "delete": operation("delete", "delete", def, &list_ref, vec![query_param("gracePeriodSeconds", "integer", "The duration in seconds before the object should be deleted."), query_param("propagationPolicy", "string", "Whether and how garbage collection will be performed.")], None, op_id("delete", def, namespaced, "")),
                 }),
             );
@@ -409,7 +414,7 @@ fn resource_paths(paths: &mut Map<String, Value>, def: &ResourceDef, kind_ref: &
                         "parameters": params,
                         "get": operation("read", "get", def, &sub_ref, vec![], None, op_id("read", def, namespaced, suffix)),
                         "put": operation("replace", "put", def, &sub_ref, write_params(), Some(json_body(&sub_ref)), op_id("replace", def, namespaced, suffix)),
-                        "patch": operation("patch", "patch", def, &sub_ref, patch_params.clone(), Some(patch_body()), op_id("patch", def, namespaced, suffix)),
+                        "patch": operation("patch", "patch", def, &sub_ref, patch_params.clone(), Some(patch_body(def)), op_id("patch", def, namespaced, suffix)),
                     }),
                 );
             }

@@ -83,9 +83,10 @@ impl Ctx {
         self.server.store.as_ref()
     }
 
-    /// Whether the resource is stored in another resource's form (events.k8s.io Events).
+    /// Whether the resource is stored in another form (events.k8s.io Events, the other
+    /// versions of a custom resource).
     pub fn converts(&self) -> bool {
-        skiff_core::convert::storage_of(&self.def).is_some()
+        skiff_core::convert::converts(&self.def)
     }
 
     /// A stored object in this resource's form.
@@ -207,6 +208,22 @@ pub(crate) async fn handle(
         .get(&path.group, &path.version, &path.resource)
         .cloned()
         .ok_or_else(ApiError::no_route)?;
+    let deprecation = def.deprecation_warning.clone();
+    let mut resp = dispatch(server, req, path, user, registry, def).await?;
+    if let Some(warning) = deprecation {
+        warning_headers(&mut resp, &[warning]);
+    }
+    Ok(resp)
+}
+
+async fn dispatch(
+    server: &Arc<ApiServer>,
+    req: Request<Incoming>,
+    path: ResourcePath,
+    user: User,
+    registry: Arc<Registry>,
+    def: Arc<ResourceDef>,
+) -> Result<Response<Body>, ApiError> {
     if path.namespace.is_some() && !def.namespaced {
         return Err(ApiError::no_route());
     }
@@ -422,8 +439,9 @@ fn check_namespace(ctx: &Ctx, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Fails unless the request's namespace exists and is not being deleted.
-pub(crate) async fn require_namespace(ctx: &Ctx) -> Result<(), ApiError> {
+/// Fails unless the request's namespace exists and is not being deleted; `name` is the
+/// object being created, for the message.
+pub(crate) async fn require_namespace(ctx: &Ctx, name: &str) -> Result<(), ApiError> {
     let Some(ns) = ctx.namespace() else {
         return Ok(());
     };
@@ -441,7 +459,7 @@ pub(crate) async fn require_namespace(ctx: &Ctx) -> Result<(), ApiError> {
     if value.pointer("/metadata/deletionTimestamp").is_some()
         || value.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
     {
-        return Err(objects::namespace_terminating(ns));
+        return Err(objects::namespace_terminating(&ctx.def, name, ns));
     }
     Ok(())
 }
@@ -481,6 +499,12 @@ pub(crate) fn store_error(err: skiff_store::Error) -> ApiError {
                 format!("Too large resource version: {requested}, current: {current}"),
             );
             e.details.retry_after_seconds = Some(1);
+            // client-go's reflector looks for this cause to relist instead of retrying.
+            e.details.causes.push(skiff_core::status::Cause {
+                reason: "ResourceVersionTooLarge".into(),
+                message: "Too large resource version".into(),
+                field: String::new(),
+            });
             e
         }
         E::Closed => ApiError::new(Reason::InternalError, "the server is shutting down"),
@@ -769,7 +793,7 @@ async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             let values = page
                 .items
                 .iter()
-                .map(to_value)
+                .map(|item| ctx.value(item))
                 .collect::<Result<Vec<_>, _>>()?;
             let table = skiff_core::table::to_table(
                 &ctx.def,
@@ -800,7 +824,9 @@ fn now() -> String {
 
 pub(crate) fn warning_headers(resp: &mut Response<Body>, warnings: &[String]) {
     for w in warnings {
-        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        // RFC 7234 quoted-string, as client-go unquotes it.
+        let quoted = w.replace('\\', "\\\\").replace('"', "\\\"");
+        let text = format!("299 - \"{quoted}\"");
         if let Ok(v) = ::http::HeaderValue::from_str(&text) {
             resp.headers_mut().append("warning", v);
         }
@@ -843,7 +869,13 @@ pub(crate) async fn create_object(
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .is_some_and(|n| !n.is_empty());
-    require_namespace(ctx).await?;
+    let name_for_errors = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .or(generate.as_deref())
+        .unwrap_or_default()
+        .to_owned();
+    require_namespace(ctx, &name_for_errors).await?;
     let attempts = if has_name || generate.is_none() { 1 } else { 8 };
     let mut last_err = None;
     for _ in 0..attempts {
@@ -1013,6 +1045,22 @@ pub(crate) async fn write_update(
         }
         let old = ctx.value(&current)?;
         let new = build(&old)?;
+        // A uid in the new object is a precondition, as in Kubernetes' registry.
+        let old_uid = old.pointer("/metadata/uid").and_then(Value::as_str);
+        if let Some(uid) = new.pointer("/metadata/uid").and_then(Value::as_str)
+            && !uid.is_empty()
+            && Some(uid) != old_uid
+        {
+            return Err(ApiError::conflict(
+                &ctx.def.group,
+                &ctx.def.plural,
+                ctx.name(),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    old_uid.unwrap_or_default()
+                ),
+            ));
+        }
         let mut new = ctx.server.prepare_update(&ctx.def, new, &old, mode)?;
         if let Track::Update(manager) = track {
             let now = now();
@@ -1027,6 +1075,8 @@ pub(crate) async fn write_update(
             return Ok((StatusCode::OK, Written::Stored(current)));
         }
         if dry_run {
+            // Nothing was written, so the object keeps the revision it was read at.
+            new["metadata"]["resourceVersion"] = json!(current.revision.to_string());
             return Ok((StatusCode::OK, Written::DryRun(new)));
         }
         // An object being deleted goes once its last finalizer is removed.
@@ -1202,6 +1252,18 @@ pub(crate) async fn delete_object(
     opts: &DeleteOptions,
 ) -> Result<(StatusCode, Deleted), ApiError> {
     let not_found = || objects::not_found(&ctx.def, name);
+    // The NamespaceLifecycle admission plugin's immortal namespaces.
+    if ctx.def.group.is_empty()
+        && ctx.def.plural == "namespaces"
+        && ["default", "kube-system", "kube-public"].contains(&name)
+    {
+        return Err(ApiError::forbidden(
+            "",
+            "namespaces",
+            name,
+            "this namespace may not be deleted",
+        ));
+    }
     for _ in 0..MAX_RETRIES {
         let current = ctx
             .store()
@@ -1245,18 +1307,31 @@ pub(crate) async fn delete_object(
             DeletePlan::Now => None,
             DeletePlan::Mark { grace, finalizers } => {
                 let meta = objects::child(obj.as_object_mut().expect("object"), "metadata");
-                let already = meta.contains_key("deletionTimestamp");
-                if !already || grace == Some(0) {
-                    let when = jiff::Timestamp::now()
-                        + jiff::SignedDuration::from_secs(grace.unwrap_or(0));
+                let grace = grace.unwrap_or(0);
+                let started = meta
+                    .get("deletionTimestamp")
+                    .and_then(Value::as_str)
+                    .and_then(skiff_core::time::parse_time);
+                let old_grace = meta
+                    .get("deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                // A first delete starts the grace period; a later one may only shorten it,
+                // counted from when the first began (as Kubernetes' BeforeDelete does).
+                let when = match started {
+                    None => Some(jiff::Timestamp::now()),
+                    Some(at) if grace < old_grace => {
+                        Some(at - jiff::SignedDuration::from_secs(old_grace))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(start) = when {
+                    let at = start + jiff::SignedDuration::from_secs(grace);
                     meta.insert(
                         "deletionTimestamp".into(),
-                        skiff_core::time::format_time(when).into(),
+                        skiff_core::time::format_time(at).into(),
                     );
-                    meta.insert(
-                        "deletionGracePeriodSeconds".into(),
-                        json!(grace.unwrap_or(0)),
-                    );
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
                 }
                 let list = meta.entry("finalizers").or_insert_with(|| json!([]));
                 if let Some(list) = list.as_array_mut() {

@@ -209,9 +209,23 @@ pub(crate) async fn serve(ctx: Ctx) -> Result<Response<Body>, ApiError> {
                 EventType::Deleted if was_matching => "DELETED",
                 _ => continue,
             };
-            let bytes = if converts {
-                let converted = skiff_core::convert::from_storage(&def, object.clone());
-                encoder.event(kind, &converted, None)
+            // An object that stops matching is DELETED in its last matching state, with the
+            // revision of the change (as Kubernetes' watch cache sends it).
+            let left = event.kind == EventType::Modified && !now_matches;
+            let bytes = if left || converts {
+                let mut shown = match event.prev_value() {
+                    Some(prev) if left => prev.clone(),
+                    _ => object.clone(),
+                };
+                if left {
+                    shown["metadata"]["resourceVersion"] = event.revision.to_string().into();
+                }
+                let shown = if converts {
+                    skiff_core::convert::from_storage(&def, shown)
+                } else {
+                    shown
+                };
+                encoder.event(kind, &shown, None)
             } else {
                 encoder.event(kind, object, Some(&event.object))
             };

@@ -192,6 +192,27 @@ pub fn init_status(crd: &mut Value) {
     });
 }
 
+/// Adds the CRD's storage version to `status.storedVersions` (objects may now exist in it
+/// as well as in the versions listed before).
+pub fn record_storage_version(crd: &mut Value) {
+    let Some(storage) = versions(crd)
+        .iter()
+        .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        .and_then(|v| v.get("name").cloned())
+    else {
+        return;
+    };
+    let Some(status) = crd.get_mut("status").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let stored = status.entry("storedVersions").or_insert_with(|| json!([]));
+    if let Some(list) = stored.as_array_mut()
+        && !list.contains(&storage)
+    {
+        list.push(storage);
+    }
+}
+
 /// Turns `.spec.replicas` into the JSON pointer `/spec/replicas`.
 fn pointer(path: &str) -> String {
     path.split('.')
@@ -225,6 +246,14 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
             .collect()
     };
     let namespaced = s(crd, "/spec/scope") != "Cluster";
+    let storage_version = (versions(crd).len() > 1)
+        .then(|| {
+            versions(crd)
+                .iter()
+                .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+                .map(|v| format!("{group}/{}", s(v, "/name")))
+        })
+        .flatten();
     versions(crd)
         .iter()
         .filter(|v| v.get("served").and_then(Value::as_bool) != Some(false))
@@ -280,6 +309,12 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
                 stored: true,
                 printer_columns,
                 preserve_unknown_fields: preserve,
+                storage_version: storage_version.clone(),
+                deprecation_warning: (v.get("deprecated").and_then(Value::as_bool) == Some(true))
+                    .then(|| match s(v, "/deprecationWarning") {
+                        "" => format!("{group}/{} {kind} is deprecated", s(v, "/name")),
+                        text => text.to_owned(),
+                    }),
             }
         })
         .collect()

@@ -26,6 +26,13 @@ pub fn apply(def: &ResourceDef, object: &mut Value) {
         ("", "namespaces") => {
             let spec = child(obj, "spec");
             default(spec, "finalizers", json!(["kubernetes"]));
+            // Every namespace carries its name as a label, for namespace selectors; set on
+            // every write, so it can't be changed or removed.
+            let name = obj.get("metadata").and_then(|m| m.get("name")).cloned();
+            if let Some(name @ Value::String(_)) = name {
+                let meta = child(obj, "metadata");
+                child(meta, "labels").insert("kubernetes.io/metadata.name".into(), name);
+            }
         }
         ("", "secrets") => default(obj, "type", json!("Opaque")),
         ("", "persistentvolumeclaims") => {
@@ -104,6 +111,10 @@ pub fn apply(def: &ResourceDef, object: &mut Value) {
         ("autoscaling", "horizontalpodautoscalers") => {
             let spec = child(obj, "spec");
             default(spec, "minReplicas", json!(1));
+            // autoscaling/v1 has no metrics list (and no default target).
+            if def.version == "v1" {
+                return;
+            }
             let empty = spec
                 .get("metrics")
                 .and_then(Value::as_array)

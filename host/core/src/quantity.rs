@@ -88,6 +88,95 @@ impl Quantity {
     pub fn nanos(self) -> i128 {
         self.nanos
     }
+
+    /// The canonical string in `format`, as apimachinery serialises quantities: the largest
+    /// suffix that keeps the number whole (`1000m` → `1`, `0.5` → `500m`, `1024Mi` → `1Gi`,
+    /// `1000` → `1k` in decimal SI but `1e3` as an exponent). Binary quantities that are not
+    /// whole multiples of 1024 fall back to decimal SI, as in Kubernetes.
+    pub fn canonical(self, format: Format) -> String {
+        let sign = if self.nanos < 0 { "-" } else { "" };
+        let n = self.nanos.unsigned_abs();
+        if n == 0 {
+            return "0".to_owned();
+        }
+        if format == Format::BinarySi && n.is_multiple_of(NANO as u128) {
+            let mut units = n / NANO as u128;
+            if units < 1024 {
+                return format!("{sign}{units}");
+            }
+            let mut suffix = 0;
+            while suffix < 6 && units.is_multiple_of(1024) {
+                units /= 1024;
+                suffix += 1;
+            }
+            const BINARY: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+            // apimachinery only uses a binary suffix when it is exact; otherwise it falls
+            // back to decimal below.
+            if suffix > 0 {
+                return format!("{sign}{units}{}", BINARY[suffix]);
+            }
+        }
+        // Decimal: mantissa * 10^exp with exp a multiple of 3, mantissa without trailing
+        // thousands.
+        let (mut mantissa, mut exp) = (n, -9i32);
+        while mantissa.is_multiple_of(1000) && exp < 18 {
+            mantissa /= 1000;
+            exp += 3;
+        }
+        if format == Format::DecimalExponent {
+            return if exp == 0 {
+                format!("{sign}{mantissa}")
+            } else {
+                format!("{sign}{mantissa}e{exp}")
+            };
+        }
+        let suffix = match exp {
+            -9 => "n",
+            -6 => "u",
+            -3 => "m",
+            0 => "",
+            3 => "k",
+            6 => "M",
+            9 => "G",
+            12 => "T",
+            15 => "P",
+            _ => "E",
+        };
+        format!("{sign}{mantissa}{suffix}")
+    }
+}
+
+/// How a quantity was written, which its canonical form keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `Ki`, `Mi`, … suffixes.
+    BinarySi,
+    /// `m`, `k`, `M`, … suffixes, or none.
+    DecimalSi,
+    /// `e3`, `E-2`.
+    DecimalExponent,
+}
+
+impl Format {
+    /// The format of a quantity string (assumed to parse).
+    pub fn of(s: &str) -> Format {
+        let suffix = s
+            .trim()
+            .trim_start_matches(['+', '-'])
+            .trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+        if suffix.ends_with('i') {
+            Format::BinarySi
+        } else if suffix.starts_with(['e', 'E']) {
+            Format::DecimalExponent
+        } else {
+            Format::DecimalSi
+        }
+    }
+}
+
+/// The canonical form of a quantity string, or `None` if it does not parse.
+pub fn canonicalize(s: &str) -> Option<String> {
+    Quantity::parse(s).map(|q| q.canonical(Format::of(s)))
 }
 
 #[cfg(test)]
@@ -110,6 +199,36 @@ mod tests {
         assert_eq!(q("-1k").value(), -1000);
         assert!(q("1") < q("1001m"));
         assert!(q("1Gi") > q("1G"));
+    }
+
+    #[test]
+    fn canonical_forms_match_apimachinery() {
+        let cases = [
+            ("1000m", "1"),
+            ("0.5", "500m"),
+            ("1.5", "1500m"),
+            ("1024Mi", "1Gi"),
+            ("010", "10"),
+            ("1500", "1500"),
+            ("1000", "1k"),
+            ("2000000", "2M"),
+            ("128Mi", "128Mi"),
+            ("1536Mi", "1536Mi"),
+            ("0.5Gi", "512Mi"),
+            ("512Ki", "512Ki"),
+            ("1Ki", "1Ki"),
+            ("100", "100"),
+            ("1e3", "1e3"),
+            ("1500e-3", "1500e-3"),
+            ("0", "0"),
+            ("-500m", "-500m"),
+            ("+5", "5"),
+            ("10n", "10n"),
+            ("1.5Ki", "1536"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(canonicalize(input).as_deref(), Some(want), "{input}");
+        }
     }
 
     #[test]

@@ -80,6 +80,9 @@ impl Registry {
             }
         }
         groups.sort_by_key(|(g, _)| !g.is_empty());
+        for (_, versions) in &mut groups {
+            versions.sort_by_key(|v| version_priority(v));
+        }
         groups
     }
 
@@ -98,6 +101,33 @@ impl Registry {
 /// Splits `apps/v1` into `("apps", "v1")` and `v1` into `("", "v1")`.
 pub fn split_api_version(api_version: &str) -> (&str, &str) {
     api_version.rsplit_once('/').unwrap_or(("", api_version))
+}
+
+/// The sort key of Kubernetes' version priority, first = preferred: GA before beta before
+/// alpha, higher numbers first (`v2`, `v1`, `v1beta2`, `v1beta1`, `v1alpha1`), then names
+/// that are not Kubernetes versions, alphabetically.
+fn version_priority(version: &str) -> (u8, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>, String) {
+    use std::cmp::Reverse;
+    let parsed = version.strip_prefix('v').and_then(|rest| {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let major: u64 = rest[..digits].parse().ok()?;
+        let tail = &rest[digits..];
+        if tail.is_empty() {
+            return Some((0, major, 0));
+        }
+        let (level, minor) = if let Some(m) = tail.strip_prefix("beta") {
+            (1, m)
+        } else {
+            (2, tail.strip_prefix("alpha")?)
+        };
+        Some((level, major, minor.parse().ok()?))
+    });
+    match parsed {
+        Some((level, major, minor)) => (level, Reverse(major), Reverse(minor), String::new()),
+        None => (3, Reverse(0), Reverse(0), version.to_owned()),
+    }
 }
 
 /// The storage key of an object: `<group>/<plural>/<namespace>/<name>`, or
@@ -141,6 +171,20 @@ mod tests {
             collection_prefix(events, Some("a")),
             "core/events/a/",
             "shares core events"
+        );
+    }
+
+    #[test]
+    fn versions_sort_by_kubernetes_priority() {
+        let mut versions = [
+            "v1alpha1", "foo", "v1", "v2beta1", "v1beta2", "v2", "v1beta1", "v10",
+        ];
+        versions.sort_by_key(|v| version_priority(v));
+        assert_eq!(
+            versions,
+            [
+                "v10", "v2", "v1", "v2beta1", "v1beta2", "v1beta1", "v1alpha1", "foo"
+            ]
         );
     }
 

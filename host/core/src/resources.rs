@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::{
     apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
-    autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
-    core::v1 as core, discovery::v1 as discovery, events::v1 as events, policy::v1 as policy,
-    rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
+    autoscaling::v1 as autoscaling_v1, autoscaling::v2 as autoscaling, batch::v1 as batch,
+    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+    events::v1 as events, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
+    storage::v1 as storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use serde_json::Value;
@@ -151,6 +152,12 @@ pub struct ResourceDef {
     /// Whether unknown fields are kept instead of pruned (CRDs with
     /// `x-kubernetes-preserve-unknown-fields` at the root).
     pub preserve_unknown_fields: bool,
+    /// The `apiVersion` objects are stored as, when the resource has other versions that
+    /// share its objects (a CRD with several versions; conversion `None` rewrites only
+    /// `apiVersion`).
+    pub storage_version: Option<String>,
+    /// The warning sent with every request to a deprecated version.
+    pub deprecation_warning: Option<String>,
 }
 
 impl ResourceDef {
@@ -225,6 +232,8 @@ where
         stored: true,
         printer_columns: Vec::new(),
         preserve_unknown_fields: false,
+        storage_version: None,
+        deprecation_warning: None,
     }
 }
 
@@ -250,6 +259,8 @@ where
         stored: false,
         printer_columns: Vec::new(),
         preserve_unknown_fields: false,
+        storage_version: None,
+        deprecation_warning: None,
     }
 }
 
@@ -302,6 +313,8 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
         virtual_resource::<authz::SelfSubjectRulesReview>(),
         virtual_resource::<authz::SubjectAccessReview>(),
         builtin::<autoscaling::HorizontalPodAutoscaler>(&["hpa"], &["all"], vec![Status]),
+        // What `kubectl autoscale` creates; stored as autoscaling/v2 (see `convert`).
+        builtin::<autoscaling_v1::HorizontalPodAutoscaler>(&["hpa"], &["all"], vec![Status]),
         builtin::<batch::CronJob>(&["cj"], &["all"], vec![Status]),
         builtin::<batch::Job>(&[], &["all"], vec![Status]),
         builtin::<coordination::Lease>(&[], &[], vec![]),

@@ -89,6 +89,13 @@ impl Schemas {
                 }
             }
         }
+        // k8s-openapi declares apiextensions' `JSON` (a schema's `default`, `enum`,
+        // `example`) as an object; Kubernetes declares no type: it holds any JSON value.
+        if let Some(Value::Object(def)) =
+            definitions.get_mut("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSON")
+        {
+            def.remove("type");
+        }
         for (name, field, strategy) in PATCH_META {
             let Some(prop) = definitions
                 .get_mut(*name)
@@ -286,7 +293,7 @@ impl Walker<'_, '_> {
         match value {
             Value::Object(map) => {
                 if let Some(t) = declared.filter(|t| *t != "object") {
-                    self.type_error(path, value_preview(value), t);
+                    self.type_error(path, value, t);
                     return;
                 }
                 let properties = schema.get("properties").and_then(Value::as_object);
@@ -304,9 +311,14 @@ impl Walker<'_, '_> {
                         path.push('.');
                     }
                     path.push_str(&key);
+                    let sub = properties.and_then(|p| p.get(&key)).or(additional);
                     if map.get(&key).is_some_and(Value::is_null) {
-                        map.remove(&key);
-                    } else if let Some(sub) = properties.and_then(|p| p.get(&key)).or(additional) {
+                        // A null means "unset", except where a CRD's schema says the field is
+                        // nullable: there Kubernetes keeps it.
+                        if !(self.custom && sub.is_some_and(|s| bool_at(s, "nullable"))) {
+                            map.remove(&key);
+                        }
+                    } else if let Some(sub) = sub {
                         let child = map.get_mut(&key).expect("key listed");
                         self.walk(sub, child, path, depth + 1);
                     } else if !preserve {
@@ -314,6 +326,25 @@ impl Walker<'_, '_> {
                         self.out.unknown.push(path.clone());
                     }
                     path.truncate(len);
+                }
+                // A CRD's structural defaults fill fields that are absent (after nulls were
+                // pruned), as Kubernetes applies them on every write.
+                if self.custom
+                    && let Some(properties) = properties
+                {
+                    for (key, sub) in properties {
+                        if map.contains_key(key) {
+                            continue;
+                        }
+                        if let Some(default) = self.schemas.resolve(sub).get("default") {
+                            let mut value = default.clone();
+                            let len = path.len();
+                            *path = join(path, key);
+                            self.walk(sub, &mut value, path, depth + 1);
+                            path.truncate(len);
+                            map.insert(key.clone(), value);
+                        }
+                    }
                 }
                 if self.custom
                     && let Some(required) = schema.get("required").and_then(Value::as_array)
@@ -328,7 +359,7 @@ impl Walker<'_, '_> {
             }
             Value::Array(items) => {
                 if let Some(t) = declared.filter(|t| *t != "array") {
-                    self.type_error(path, value_preview(value), t);
+                    self.type_error(path, value, t);
                     return;
                 }
                 if let Some(item_schema) = schema.get("items") {
@@ -340,9 +371,28 @@ impl Walker<'_, '_> {
                     }
                 }
             }
+            Value::String(text) if is_quantity(schema) => {
+                // Stored, like every Kubernetes quantity, in its canonical form.
+                match crate::quantity::canonicalize(text) {
+                    Some(canonical) => *text = canonical,
+                    None => {
+                        let field = if path.is_empty() {
+                            "<root>"
+                        } else {
+                            path.as_str()
+                        };
+                        self.error(FieldError::invalid(
+                            field,
+                            text.clone(),
+                            "quantities must match the regular expression \
+                             '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
+                        ));
+                    }
+                }
+            }
             Value::String(_) => {
                 if let Some(t) = declared.filter(|t| *t != "string" && !int_or_string) {
-                    self.type_error(path, value_preview(value), t);
+                    self.type_error(path, value, t);
                 }
             }
             Value::Number(n) => {
@@ -350,31 +400,40 @@ impl Walker<'_, '_> {
                 match declared {
                     // Quantities accept numbers and are stored as strings, as the real API
                     // serialises them.
-                    _ if is_quantity(schema) => *value = Value::String(n.to_string()),
-                    Some("integer") if !is_int => {
-                        self.type_error(path, value_preview(value), "integer")
+                    _ if is_quantity(schema) => {
+                        let text = n.to_string();
+                        let canonical = crate::quantity::canonicalize(&text).unwrap_or(text);
+                        *value = Value::String(canonical);
                     }
+                    Some("integer") if !is_int => self.type_error(path, value, "integer"),
                     Some("integer" | "number") => {}
-                    _ if int_or_string => {}
-                    Some(t) => self.type_error(path, value_preview(value), t),
+                    _ if int_or_string && is_int => {}
+                    _ if int_or_string => self.type_error(path, value, "integer,string"),
+                    Some(t) => self.type_error(path, value, t),
                     None => {}
                 }
             }
             Value::Bool(_) => {
                 if let Some(t) = declared.filter(|t| *t != "boolean") {
-                    self.type_error(path, value_preview(value), t);
+                    self.type_error(path, value, t);
+                } else if int_or_string {
+                    self.type_error(path, value, "integer,string");
                 }
             }
             Value::Null => {}
         }
     }
 
-    fn type_error(&mut self, path: &str, value: Value, expected: &str) {
+    /// kube-openapi's type error: the value shown is the JSON type that was found
+    /// (`spec.replicas: Invalid value: "string": spec.replicas in body must be of type
+    /// integer: "string"`).
+    fn type_error(&mut self, path: &str, value: &Value, expected: &str) {
         let field = if path.is_empty() { "<root>" } else { path };
+        let found = json_type(value);
         self.error(FieldError::invalid(
             field,
-            value,
-            format!("{field} in body must be of type {expected}"),
+            found,
+            format!("{field} in body must be of type {expected}: \"{found}\""),
         ));
     }
 
@@ -406,6 +465,15 @@ impl Walker<'_, '_> {
                         field,
                         value.clone(),
                         format!("{field} in body should be at least {min} chars long"),
+                    ));
+                }
+                if let Some(format) = schema.get("format").and_then(Value::as_str)
+                    && !format_matches(format, s)
+                {
+                    self.error(FieldError::invalid(
+                        field,
+                        value.clone(),
+                        format!("{field} in body must be of type {format}: \"{s}\""),
                     ));
                 }
                 if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
@@ -452,6 +520,7 @@ impl Walker<'_, '_> {
                 }
             }
             Value::Array(items) => {
+                self.check_unique(schema, items, field);
                 let len = items.len() as u64;
                 if let Some(max) = u64_at(schema, "maxItems")
                     && len > max
@@ -492,6 +561,75 @@ impl Walker<'_, '_> {
     }
 }
 
+impl Walker<'_, '_> {
+    /// `x-kubernetes-list-type: set` items and `map` keys must be unique.
+    fn check_unique(&mut self, schema: &Value, items: &[Value], field: &str) {
+        let list_type = list_type(schema);
+        let key_of = |item: &Value| -> Option<Value> {
+            match &list_type {
+                ListType::Set => Some(item.clone()),
+                ListType::Map(keys) => {
+                    let key: Map<String, Value> = keys
+                        .iter()
+                        .filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone())))
+                        .collect();
+                    Some(Value::Object(key))
+                }
+                ListType::Atomic => None,
+            }
+        };
+        let mut seen: Vec<Value> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Some(key) = key_of(item) else { return };
+            if seen.contains(&key) {
+                self.error(FieldError::duplicate(format!("{field}[{i}]"), key));
+            } else {
+                seen.push(key);
+            }
+        }
+    }
+}
+
+/// The string formats of Kubernetes' structural schemas (kube-openapi's registry); formats
+/// not listed here are accepted as Kubernetes accepts unknown formats.
+fn format_matches(format: &str, s: &str) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match format {
+        "date-time" | "datetime" => s.parse::<jiff::Timestamp>().is_ok(),
+        "date" => s.len() == 10 && s.parse::<jiff::civil::Date>().is_ok(),
+        "uuid" | "uuid3" | "uuid4" | "uuid5" => {
+            let hex = s.replace('-', "");
+            s.len() == 36
+                && [8, 13, 18, 23].iter().all(|&i| s.as_bytes()[i] == b'-')
+                && hex.len() == 32
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        "ipv4" => s.parse::<Ipv4Addr>().is_ok(),
+        "ipv6" => s.parse::<Ipv6Addr>().is_ok(),
+        "cidr" => s.split_once('/').is_some_and(|(ip, bits)| {
+            let max = match ip.parse::<IpAddr>() {
+                Ok(IpAddr::V4(_)) => 32,
+                Ok(IpAddr::V6(_)) => 128,
+                Err(_) => return false,
+            };
+            bits.parse::<u8>().is_ok_and(|b| b <= max)
+        }),
+        "byte" => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(s).is_ok()
+        }
+        "hostname" => crate::names::is_dns1123_subdomain(s),
+        "mac" => {
+            let parts: Vec<&str> = s.split([':', '-']).collect();
+            matches!(parts.len(), 6 | 8 | 20)
+                && parts
+                    .iter()
+                    .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        }
+        _ => true,
+    }
+}
+
 fn bool_at(schema: &Value, key: &str) -> bool {
     schema.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
@@ -516,13 +654,16 @@ fn join(path: &str, field: &str) -> String {
     }
 }
 
-/// A short copy of a value for an error message: strings and scalars whole, containers as
-/// their type.
-fn value_preview(value: &Value) -> Value {
+/// The JSON type of a value, as kube-openapi names it.
+fn json_type(value: &Value) -> &'static str {
     match value {
-        Value::Object(_) => Value::String("object".into()),
-        Value::Array(_) => Value::String("array".into()),
-        other => other.clone(),
+        Value::Object(_) => "object",
+        Value::Array(_) => "array",
+        Value::String(_) => "string",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "boolean",
+        Value::Null => "null",
     }
 }
 

@@ -187,6 +187,16 @@ impl ApiError {
         ApiError::new(Reason::Conflict, message).about(group, resource, name)
     }
 
+    /// 403 for a request refused by policy: `namespaces "default" is forbidden: this
+    /// namespace may not be deleted`.
+    pub fn forbidden(group: &str, resource: &str, name: &str, why: &str) -> Self {
+        let message = format!(
+            "{} \"{name}\" is forbidden: {why}",
+            qualified(resource, group)
+        );
+        ApiError::new(Reason::Forbidden, message).about(group, resource, name)
+    }
+
     /// The reason of a 409 for a stale resourceVersion.
     pub const STALE: &'static str = "the object has been modified; please apply your changes to the latest version and try again";
 
@@ -267,7 +277,13 @@ impl ApiError {
             let causes = d
                 .causes
                 .iter()
-                .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                .map(|c| {
+                    let mut cause = json!({"reason": c.reason, "message": c.message});
+                    if !c.field.is_empty() {
+                        cause["field"] = c.field.clone().into();
+                    }
+                    cause
+                })
                 .collect::<Vec<_>>();
             details.insert("causes".into(), causes.into());
         }

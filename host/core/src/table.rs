@@ -547,6 +547,58 @@ fn printer(def: &ResourceDef) -> Option<(Vec<Column>, Cells)> {
                 vec![name(o), n.into(), age_of(o, now)]
             },
         ),
+        ("", "resourcequotas") => (
+            vec![
+                NAME,
+                AGE,
+                col(
+                    "Request",
+                    "string",
+                    0,
+                    "Request represents a minimum amount of cpu/memory that a container may consume.",
+                ),
+                col(
+                    "Limit",
+                    "string",
+                    0,
+                    "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node.",
+                ),
+            ],
+            |o, now| {
+                // `resource: used/hard` for each resource in status.hard, sorted; the
+                // `limits.*` ones in the second column.
+                let hard = o.pointer("/status/hard").and_then(Value::as_object);
+                let mut resources: Vec<&String> =
+                    hard.map(|h| h.keys().collect()).unwrap_or_default();
+                resources.sort();
+                let (mut requests, mut limits) = (Vec::new(), Vec::new());
+                for r in resources {
+                    let used = o
+                        .pointer(&format!(
+                            "/status/used/{}",
+                            r.replace('~', "~0").replace('/', "~1")
+                        ))
+                        .and_then(Value::as_str)
+                        .unwrap_or("0");
+                    let hard = hard
+                        .and_then(|h| h.get(r))
+                        .and_then(Value::as_str)
+                        .unwrap_or("0");
+                    let cell = format!("{r}: {used}/{hard}");
+                    if r.split('.').count() > 1 && r.starts_with("limits.") {
+                        limits.push(cell);
+                    } else {
+                        requests.push(cell);
+                    }
+                }
+                vec![
+                    name(o),
+                    age_of(o, now),
+                    requests.join(", ").into(),
+                    limits.join(", ").into(),
+                ]
+            },
+        ),
         ("", "secrets") => (
             vec![
                 NAME,
@@ -1662,6 +1714,14 @@ fn endpoints_text(o: &Value) -> String {
 }
 
 fn hpa_cells(o: &Value, now: Timestamp) -> Vec<Value> {
+    // autoscaling/v1 objects print like their v2 form, as the server's printer sees them.
+    let converted;
+    let o = if o.get("apiVersion").and_then(Value::as_str) == Some("autoscaling/v1") {
+        converted = crate::convert::hpa_v1_to_v2(o.clone());
+        &converted
+    } else {
+        o
+    };
     let reference = format!(
         "{}/{}",
         s(o.pointer("/spec/scaleTargetRef/kind")),

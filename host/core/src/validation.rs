@@ -79,6 +79,43 @@ fn name_errors(rule: &NameRule, field: &str, name: &str) -> Vec<FieldError> {
     }
 }
 
+/// An object being deleted may lose finalizers but not gain them.
+fn no_new_finalizers_while_deleting(new: &Value, old: &Value, errs: &mut Vec<FieldError>) {
+    if old.pointer("/metadata/deletionTimestamp").is_none() {
+        return;
+    }
+    let list = |v: &Value| -> Vec<String> {
+        v.pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = list(old);
+    let mut added: Vec<String> = list(new)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    if added.is_empty() {
+        return;
+    }
+    added.sort();
+    added.dedup();
+    // Go's %#v of the []string, as Kubernetes prints it.
+    let shown: Vec<String> = added.iter().map(|f| format!("{f:?}")).collect();
+    errs.push(FieldError::forbidden(
+        "metadata.finalizers",
+        format!(
+            "no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+            shown.join(", ")
+        ),
+    ));
+}
+
 /// Checks an object of the resource; `old` is the stored object on update.
 pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = Vec::new();
@@ -788,6 +825,7 @@ fn hpa(obj: &Value, errs: &mut Vec<FieldError>) {
 
 /// Fields that may not change after creation.
 fn immutable(def: &ResourceDef, new: &Value, old: &Value, errs: &mut Vec<FieldError>) {
+    no_new_finalizers_while_deleting(new, old, errs);
     let same = |ptr: &str| new.pointer(ptr) == old.pointer(ptr);
     let field_is_immutable = |ptr: &str, errs: &mut Vec<FieldError>| {
         if !same(ptr) {

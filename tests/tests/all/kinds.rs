@@ -32,8 +32,10 @@ const KINDS: &[(&str, &[&str], &str, &str)] = &[
     (
         "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: q}\nspec: {hard: {pods: \"10\"}}\n",
         &["get", "quota", "q"],
-        r"^NAME +CREATED AT",
-        r"^q +\d{4}-",
+        // The quota controller (not yet running) fills status.hard/used, which the
+        // REQUEST and LIMIT columns show.
+        r"^NAME +AGE +REQUEST +LIMIT",
+        r"^q +\d+s +$",
     ),
     (
         "apiVersion: v1\nkind: LimitRange\nmetadata: {name: l}\nspec: {limits: [{type: Container, default: {cpu: 500m}}]}\n",

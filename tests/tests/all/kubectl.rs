@@ -1053,3 +1053,238 @@ fn create_generators_and_auth_commands_send_protobuf_that_is_understood() {
     );
     assert_matches(&k.ok(&["auth", "whoami"]), r"Username +skiff-admin");
 }
+
+#[test]
+fn namespaces_carry_their_name_and_the_built_in_ones_cannot_be_deleted() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    for ns in ["default", "kube-system", "kube-public"] {
+        let refused = k.fail(&["delete", "namespace", ns]);
+        assert_matches(
+            &refused,
+            &format!(
+                r#"Error from server \(Forbidden\): namespaces "{ns}" is forbidden: this namespace may not be deleted"#
+            ),
+        );
+    }
+    k.ok(&["create", "namespace", "team-a"]);
+    assert_matches(
+        &k.ok(&["get", "ns", "team-a", "--show-labels"]),
+        r"^team-a +Active +\S+ +kubernetes\.io/metadata\.name=team-a$",
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "ns",
+            "-l",
+            "kubernetes.io/metadata.name=default",
+            "-o",
+            "name"
+        ]),
+        "namespace/default\n"
+    );
+    // Creating in a terminating namespace names the object refused.
+    let held =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, finalizers: [example.com/hold]}\n";
+    k.apply(held, &["-n", "team-a"]);
+    k.ok(&["delete", "namespace", "team-a", "--wait=false"]);
+    let refused = k.fail(&["-n", "team-a", "create", "configmap", "late"]);
+    assert_matches(
+        &refused,
+        r#"configmaps "late" is forbidden: unable to create new content in namespace team-a because it is being terminated"#,
+    );
+    // The server restarts fine afterwards, and the kubernetes Service and its
+    // EndpointSlice exist.
+    let mut c = c;
+    c.restart().unwrap();
+    let k = c.kubectl();
+    assert_matches(
+        &k.ok(&["get", "endpointslices", "kubernetes"]),
+        r"^kubernetes +IPv4 +\d+ +127\.0\.0\.1",
+    );
+}
+
+#[test]
+fn writes_honour_uid_preconditions_grace_periods_and_finalizer_rules() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    k.ok(&["create", "configmap", "u1", "--from-literal=a=b"]);
+    // A uid in the body is a precondition.
+    let stale = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"u1","uid":"0000-not-it"},"data":{"a":"c"}}"#;
+    let run = k.run_stdin(&["replace", "-f", "-"], stale);
+    assert_matches(
+        &run.stderr,
+        r#"Operation cannot be fulfilled on configmaps "u1": Precondition failed: UID in precondition: 0000-not-it, UID in object meta: [0-9a-f-]+"#,
+    );
+    assert_eq!(k.ok(&["get", "cm", "u1", "-o", "jsonpath={.data.a}"]), "b");
+
+    // A server-side dry run keeps the stored resourceVersion.
+    let rv = k.ok(&[
+        "get",
+        "cm",
+        "u1",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    let dry = k.ok(&[
+        "patch",
+        "cm",
+        "u1",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"a":"z"}}"#,
+        "--dry-run=server",
+        "-o",
+        "jsonpath={.metadata.resourceVersion} {.data.a}",
+    ]);
+    assert_eq!(dry, format!("{rv} z"));
+
+    // A bound pod is deleted gracefully; a second delete may shorten the grace period.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: slow, finalizers: [example.com/keep]}\nspec: {nodeName: somewhere, containers: [{name: c, image: busybox}]}\n";
+    k.apply(pod, &[]);
+    k.ok(&["delete", "pod", "slow", "--wait=false"]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "pod",
+            "slow",
+            "-o",
+            "jsonpath={.metadata.deletionGracePeriodSeconds}"
+        ]),
+        "30"
+    );
+    let first = k.ok(&[
+        "get",
+        "pod",
+        "slow",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    k.ok(&["delete", "pod", "slow", "--wait=false", "--grace-period=3"]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "pod",
+            "slow",
+            "-o",
+            "jsonpath={.metadata.deletionGracePeriodSeconds}"
+        ]),
+        "3"
+    );
+    let second = k.ok(&[
+        "get",
+        "pod",
+        "slow",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    let parse = |t: &str| t.parse::<jiff::Timestamp>().unwrap();
+    assert_eq!(
+        (parse(&first) - parse(&second)).get_seconds(),
+        27,
+        "the deadline moves to the start of the first delete plus 3 s"
+    );
+    // An object being deleted can lose finalizers but not gain them.
+    let refused = k.run(&[
+        "patch",
+        "pod",
+        "slow",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/keep","example.com/more"]}}"#,
+    ]);
+    assert_matches(
+        &refused.stderr,
+        r#"metadata\.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers \[\]string\{"example.com/more"\}"#,
+    );
+}
+
+#[test]
+fn health_endpoints_list_their_checks_when_verbose() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    let verbose = k.ok(&["get", "--raw", "/readyz?verbose"]);
+    assert_matches(&verbose, r"^\[\+\]ping ok$");
+    assert_matches(&verbose, r"^\[\+\]shutdown ok$");
+    assert_matches(&verbose, r"^readyz check passed$");
+    assert_eq!(k.ok(&["get", "--raw", "/livez/ping"]), "ok");
+    assert_matches(&k.fail(&["get", "--raw", "/livez/nonsense"]), "NotFound");
+}
+
+#[test]
+fn kubectl_autoscale_makes_an_hpa_served_as_autoscaling_v1_and_v2() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    k.ok(&["create", "deployment", "web", "--image=busybox"]);
+    assert_matches(
+        &k.ok(&[
+            "autoscale",
+            "deployment",
+            "web",
+            "--min=2",
+            "--max=5",
+            "--cpu-percent=60",
+        ]),
+        "horizontalpodautoscaler.autoscaling/web autoscaled",
+    );
+    assert_matches(
+        &k.ok(&["get", "hpa", "web"]),
+        r"^web +Deployment/web +cpu: <unknown>/60% +2 +5 +0 +",
+    );
+    let v1 = k.ok(&[
+        "get",
+        "--raw",
+        "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web",
+    ]);
+    let v1: serde_json::Value = serde_json::from_str(&v1).unwrap();
+    assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 60);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "horizontalpodautoscalers.v2.autoscaling",
+            "web",
+            "-o",
+            "jsonpath={.spec.metrics[0].resource.target.averageUtilization}"
+        ]),
+        "60"
+    );
+    // A v2-only metric survives a v1 client's update (it rides in an annotation there).
+    k.ok(&["patch", "horizontalpodautoscalers.v2.autoscaling", "web", "--type=json", "-p",
+        r#"[{"op":"add","path":"/spec/metrics/-","value":{"type":"Resource","resource":{"name":"memory","target":{"type":"AverageValue","averageValue":"200Mi"}}}}]"#]);
+    k.ok(&[
+        "patch",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"maxReplicas":7}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "horizontalpodautoscalers.v2.autoscaling",
+            "web",
+            "-o",
+            "jsonpath={.spec.maxReplicas} {.spec.metrics[1].resource.name}"
+        ]),
+        "7 memory"
+    );
+}
+
+#[test]
+fn quantities_are_stored_in_canonical_form() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: q}\nspec: {hard: {cpu: 1000m, requests.cpu: \"0.5\", memory: 1024Mi, pods: \"010\", storage: 1.5Ki}}\n";
+    k.apply(quota, &[]);
+    assert_eq!(
+        k.ok(&["get", "quota", "q", "-o", "jsonpath={.spec.hard}"]),
+        r#"{"cpu":"1","memory":"1Gi","pods":"10","requests.cpu":"500m","storage":"1536"}"#
+    );
+    let bad = quota.replace("1000m", "lots");
+    let run = k.run_stdin(&["apply", "-f", "-"], &bad);
+    assert_matches(
+        &run.stderr,
+        r"spec\.hard\.cpu: Invalid value: .lots.: quantities must match the regular expression",
+    );
+}

@@ -3,6 +3,7 @@
 
 mod clients;
 mod crash;
+mod crds;
 mod kinds;
 mod kubectl;
 mod seeds;
