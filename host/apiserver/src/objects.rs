@@ -255,6 +255,9 @@ impl ApiServer {
         if def.group == "apiextensions.k8s.io" {
             errors.extend(skiff_core::crd::validate(obj));
         }
+        if let SchemaSource::Custom(schema) = &def.schema {
+            errors.extend(skiff_core::cel::validate(schema, obj, old));
+        }
         if old.is_some() {
             let name = |o: &Value| o.pointer("/metadata/name").cloned();
             if name(obj) != old.and_then(name) {

@@ -128,6 +128,12 @@ pub fn validate(crd: &Value) -> Vec<FieldError> {
                         "must be object at the root",
                     ));
                 }
+                rule_errors(
+                    schema,
+                    &format!("{path}.schema.openAPIV3Schema"),
+                    0,
+                    &mut errs,
+                );
             }
         }
         for (j, c) in v
@@ -166,6 +172,42 @@ pub fn validate(crd: &Value) -> Vec<FieldError> {
         }
     }
     errs
+}
+
+/// Validation rules (`x-kubernetes-validations`) that do not compile, anywhere in a schema.
+fn rule_errors(schema: &Value, path: &str, depth: usize, errs: &mut Vec<FieldError>) {
+    if depth > 64 {
+        return;
+    }
+    for (i, rule) in schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let source = s(rule, "/rule");
+        let field = format!("{path}.x-kubernetes-validations[{i}].rule");
+        if source.is_empty() {
+            errs.push(FieldError::required(field, ""));
+        } else if let Some(why) = crate::cel::compile_error(source) {
+            errs.push(FieldError::invalid(
+                field,
+                source,
+                format!("compilation failed: {why}"),
+            ));
+        }
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (key, sub) in props {
+            rule_errors(sub, &format!("{path}.properties[{key}]"), depth + 1, errs);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(sub) = schema.get(key).filter(|s| s.is_object()) {
+            rule_errors(sub, &format!("{path}.{key}"), depth + 1, errs);
+        }
+    }
 }
 
 /// Fills the status the API server reports for a CRD whose names it accepted.

@@ -9,6 +9,7 @@
 //! - [`names`], [`validation`], [`defaults`]: what an object must look like and what the
 //!   server fills in;
 //! - [`proto`]: Kubernetes protobuf request bodies, decoded into JSON;
+//! - [`cel`]: CRD validation rules (`x-kubernetes-validations`);
 //! - [`status`]: errors as Kubernetes `Status` objects;
 //! - [`time`]: timestamps and ages.
 //!
@@ -24,6 +25,7 @@
 //!
 //! [`skiff-apiserver`]: ../skiff_apiserver/index.html
 
+pub mod cel;
 pub mod convert;
 pub mod crd;
 pub mod defaults;

@@ -170,3 +170,72 @@ spec:
         r#"["v1","v1beta1"]"#
     );
 }
+
+#[test]
+fn validation_rules_in_cel_guard_writes_and_transitions() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    let crd = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: scalers.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: scalers, singular: scaler, kind: Scaler}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            x-kubernetes-validations:
+            - {rule: "self.minReplicas <= self.maxReplicas", message: "minReplicas must not exceed maxReplicas"}
+            - {rule: "self.mode == oldSelf.mode", message: "mode is immutable", fieldPath: ".mode"}
+            properties:
+              minReplicas: {type: integer}
+              maxReplicas: {type: integer}
+              mode: {type: string, x-kubernetes-validations: [{rule: "self != 'bad'", reason: FieldValueForbidden}]}
+"#;
+    k.apply(crd, &[]);
+    let scaler = |min: i64, max: i64, mode: &str| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Scaler\nmetadata: {{name: s}}\nspec: {{minReplicas: {min}, maxReplicas: {max}, mode: {mode}}}\n"
+        )
+    };
+    let run = k.run_stdin(&["apply", "-f", "-"], &scaler(5, 2, "bad"));
+    assert_ne!(run.code, 0);
+    assert_matches(
+        &run.stderr,
+        r#"spec: Invalid value: "object": minReplicas must not exceed maxReplicas"#,
+    );
+    assert_matches(
+        &run.stderr,
+        r"spec\.mode: Forbidden: failed rule: self != 'bad'",
+    );
+    assert_matches(&k.apply(&scaler(1, 3, "fast"), &[]), "created");
+    // The transition rule runs on updates only.
+    let run = k.run_stdin(&["apply", "-f", "-"], &scaler(1, 3, "slow"));
+    assert_matches(
+        &run.stderr,
+        r#"spec\.mode: Invalid value: "object": mode is immutable"#,
+    );
+    assert_matches(&k.apply(&scaler(2, 3, "fast"), &[]), "configured");
+
+    // A rule that does not compile is refused with the CRD.
+    let broken = crd
+        .replace("scalers.example.com", "brokens.example.com")
+        .replace(
+            "plural: scalers, singular: scaler, kind: Scaler",
+            "plural: brokens, kind: Broken",
+        )
+        .replace("self != 'bad'", "self !=");
+    let run = k.run_stdin(&["apply", "-f", "-"], &broken);
+    assert_matches(
+        &run.stderr,
+        r"spec\.versions\[0\]\.schema\.openAPIV3Schema\.properties\[spec\]\.properties\[mode\]\.x-kubernetes-validations\[0\]\.rule: Invalid value: .*compilation failed",
+    );
+}
