@@ -98,6 +98,21 @@ const HPA_BEHAVIOR: &str = "autoscaling.alpha.kubernetes.io/behavior";
 const HPA_CURRENT_METRICS: &str = "autoscaling.alpha.kubernetes.io/current-metrics";
 const HPA_CONDITIONS: &str = "autoscaling.alpha.kubernetes.io/conditions";
 
+/// The fields both versions share, unchanged.
+const HPA_SPEC_KEYS: &[&str] = &["scaleTargetRef", "minReplicas", "maxReplicas"];
+const HPA_STATUS_KEYS: &[&str] = &[
+    "observedGeneration",
+    "lastScaleTime",
+    "currentReplicas",
+    "desiredReplicas",
+];
+
+fn copy_keys(from: &Value, keys: &[&str]) -> Map<String, Value> {
+    keys.iter()
+        .filter_map(|k| from.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+        .collect()
+}
+
 fn is_cpu(metric: &Value) -> bool {
     metric.get("type").and_then(Value::as_str) == Some("Resource")
         && metric.pointer("/resource/name").and_then(Value::as_str) == Some("cpu")
@@ -119,12 +134,7 @@ pub fn hpa_v2_to_v1(obj: Value) -> Value {
         .remove("metadata")
         .unwrap_or_else(|| Value::Object(Map::new()));
     let spec = v2.remove("spec").unwrap_or_default();
-    let mut v1_spec = Map::new();
-    for key in ["scaleTargetRef", "minReplicas", "maxReplicas"] {
-        if let Some(v) = spec.get(key) {
-            v1_spec.insert(key.into(), v.clone());
-        }
-    }
+    let mut v1_spec = copy_keys(&spec, HPA_SPEC_KEYS);
     let mut others = Vec::new();
     for metric in spec
         .get("metrics")
@@ -153,17 +163,7 @@ pub fn hpa_v2_to_v1(obj: Value) -> Value {
     }
     out.insert("spec".into(), Value::Object(v1_spec));
     if let Some(status) = v2.remove("status") {
-        let mut v1_status = Map::new();
-        for key in [
-            "observedGeneration",
-            "lastScaleTime",
-            "currentReplicas",
-            "desiredReplicas",
-        ] {
-            if let Some(v) = status.get(key) {
-                v1_status.insert(key.into(), v.clone());
-            }
-        }
+        let mut v1_status = copy_keys(&status, HPA_STATUS_KEYS);
         let mut others = Vec::new();
         for metric in status
             .get("currentMetrics")
@@ -240,12 +240,7 @@ pub fn hpa_v1_to_v2(obj: Value) -> Value {
     out.insert("kind".into(), "HorizontalPodAutoscaler".into());
     out.insert("metadata".into(), meta);
     let spec = v1.remove("spec").unwrap_or_default();
-    let mut v2_spec = Map::new();
-    for key in ["scaleTargetRef", "minReplicas", "maxReplicas"] {
-        if let Some(v) = spec.get(key) {
-            v2_spec.insert(key.into(), v.clone());
-        }
-    }
+    let mut v2_spec = copy_keys(&spec, HPA_SPEC_KEYS);
     let mut all = Vec::new();
     if let Some(cpu) = spec.get("targetCPUUtilizationPercentage") {
         all.push(
@@ -264,17 +259,7 @@ pub fn hpa_v1_to_v2(obj: Value) -> Value {
     }
     out.insert("spec".into(), Value::Object(v2_spec));
     if let Some(status) = v1.remove("status") {
-        let mut v2_status = Map::new();
-        for key in [
-            "observedGeneration",
-            "lastScaleTime",
-            "currentReplicas",
-            "desiredReplicas",
-        ] {
-            if let Some(v) = status.get(key) {
-                v2_status.insert(key.into(), v.clone());
-            }
-        }
+        let mut v2_status = copy_keys(&status, HPA_STATUS_KEYS);
         let mut all = Vec::new();
         if let Some(cpu) = status.get("currentCPUUtilizationPercentage") {
             all.push(
