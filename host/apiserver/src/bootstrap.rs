@@ -17,8 +17,9 @@ use crate::rest::{self, Ctx};
 
 const NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-pub(crate) async fn ensure_builtin_objects(server: &Arc<ApiServer>) -> Result<(), ApiError> {
-    // The allocator learns which Service IPs and ports are taken before handing out more.
+/// Teaches the allocator which Service IPs and ports are taken, before it hands out more.
+/// Once at start: afterwards the allocator sees every Service write itself.
+pub(crate) async fn observe_services(server: &Arc<ApiServer>) -> Result<(), ApiError> {
     let registry = server.registry();
     let services = registry
         .get("", "v1", "services")
@@ -35,6 +36,11 @@ pub(crate) async fn ensure_builtin_objects(server: &Arc<ApiServer>) -> Result<()
     for svc in &existing.items {
         server.allocator.observe(&rest::to_value(svc)?);
     }
+    Ok(())
+}
+
+/// Creates the built-in objects that are missing.
+pub(crate) async fn ensure_builtin_objects(server: &Arc<ApiServer>) -> Result<(), ApiError> {
     for ns in NAMESPACES {
         ensure(
             server,

@@ -153,6 +153,9 @@ impl ApiServer {
             .refresh_custom_resources()
             .await
             .map_err(StartError::Bootstrap)?;
+        bootstrap::observe_services(&server)
+            .await
+            .map_err(StartError::Bootstrap)?;
         bootstrap::ensure_builtin_objects(&server)
             .await
             .map_err(StartError::Bootstrap)?;

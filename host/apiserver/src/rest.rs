@@ -865,16 +865,12 @@ pub(crate) async fn create_object(
         .and_then(Value::as_str)
         .filter(|g| !g.is_empty())
         .map(str::to_owned);
-    let has_name = obj
+    let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
-        .is_some_and(|n| !n.is_empty());
-    let name_for_errors = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .or(generate.as_deref())
-        .unwrap_or_default()
-        .to_owned();
+        .filter(|n| !n.is_empty());
+    let has_name = name.is_some();
+    let name_for_errors = name.or(generate.as_deref()).unwrap_or_default().to_owned();
     require_namespace(ctx, &name_for_errors).await?;
     let attempts = if has_name || generate.is_none() { 1 } else { 8 };
     let mut last_err = None;

@@ -21,11 +21,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::schema::{ListType, list_type};
+use crate::schema::{ListType, MAX_DEPTH, join, list_type};
 use crate::status::FieldError;
-
-/// Rules nest at most as deep as objects may.
-const MAX_DEPTH: usize = 64;
 
 /// Why a rule does not compile, for CRD validation.
 pub fn compile_error(rule: &str) -> Option<String> {
@@ -35,122 +32,126 @@ pub fn compile_error(rule: &str) -> Option<String> {
 /// Checks every validation rule of `schema` (a CRD version's `openAPIV3Schema`) against
 /// `obj`, with `old` the stored object on update.
 pub fn validate(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    walk(schema, obj, old, "", 0, &mut errors);
-    errors
-}
-
-fn walk(
-    schema: &Value,
-    value: &Value,
-    old: Option<&Value>,
-    path: &str,
-    depth: usize,
-    errors: &mut Vec<FieldError>,
-) {
-    if depth > MAX_DEPTH {
-        return;
-    }
-    if let Some(rules) = schema
-        .get("x-kubernetes-validations")
-        .and_then(Value::as_array)
-    {
-        for rule in rules {
-            check(rule, schema, value, old, path, errors);
-        }
-    }
-    match value {
-        Value::Object(map) => {
-            let properties = schema.get("properties").and_then(Value::as_object);
-            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
-            for (key, child) in map {
-                let Some(sub) = properties.and_then(|p| p.get(key)).or(additional) else {
-                    continue;
-                };
-                let old_child = old.and_then(|o| o.get(key));
-                walk(sub, child, old_child, &join(path, key), depth + 1, errors);
-            }
-        }
-        Value::Array(items) => {
-            let Some(item_schema) = schema.get("items") else {
-                return;
-            };
-            let keys = match list_type(schema) {
-                ListType::Map(keys) => Some(keys),
-                _ => None,
-            };
-            let old_items = old.and_then(Value::as_array);
-            for (i, item) in items.iter().enumerate() {
-                let old_item = keys.as_ref().and_then(|keys| {
-                    old_items?
-                        .iter()
-                        .find(|o| keys.iter().all(|k| o.get(k) == item.get(k)))
-                });
-                walk(
-                    item_schema,
-                    item,
-                    old_item,
-                    &format!("{path}[{i}]"),
-                    depth + 1,
-                    errors,
-                );
-            }
-        }
-        _ => {}
-    }
-}
-
-fn join(path: &str, field: &str) -> String {
-    if path.is_empty() {
-        field.to_owned()
-    } else {
-        format!("{path}.{field}")
-    }
-}
-
-fn check(
-    rule: &Value,
-    schema: &Value,
-    value: &Value,
-    old: Option<&Value>,
-    path: &str,
-    errors: &mut Vec<FieldError>,
-) {
-    let Some(source) = rule.get("rule").and_then(Value::as_str) else {
-        return;
+    let mut run = Run {
+        programs: HashMap::new(),
+        errors: Vec::new(),
     };
-    let program = match cel::Program::compile(source) {
-        Ok(p) => p,
-        Err(e) => {
-            errors.push(invalid(path, schema, format!("compilation failed: {e}")));
+    run.walk(schema, obj, old, "", 0);
+    run.errors
+}
+
+/// One validation: what it found, and each rule compiled once however many list items or
+/// map values it applies to.
+struct Run<'s> {
+    programs: HashMap<&'s str, Result<cel::Program, String>>,
+    errors: Vec<FieldError>,
+}
+
+impl<'s> Run<'s> {
+    fn walk(
+        &mut self,
+        schema: &'s Value,
+        value: &Value,
+        old: Option<&Value>,
+        path: &str,
+        depth: usize,
+    ) {
+        if depth > MAX_DEPTH {
             return;
         }
-    };
-    let transition = program.references().has_variable("oldSelf");
-    if transition && old.is_none() {
-        return;
+        if let Some(rules) = schema
+            .get("x-kubernetes-validations")
+            .and_then(Value::as_array)
+        {
+            for rule in rules {
+                self.check(rule, schema, value, old, path);
+            }
+        }
+        match value {
+            Value::Object(map) => {
+                let properties = schema.get("properties").and_then(Value::as_object);
+                let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+                for (key, child) in map {
+                    let Some(sub) = properties.and_then(|p| p.get(key)).or(additional) else {
+                        continue;
+                    };
+                    let old_child = old.and_then(|o| o.get(key));
+                    self.walk(sub, child, old_child, &join(path, key), depth + 1);
+                }
+            }
+            Value::Array(items) => {
+                let Some(item_schema) = schema.get("items") else {
+                    return;
+                };
+                let keys = match list_type(schema) {
+                    ListType::Map(keys) => Some(keys),
+                    _ => None,
+                };
+                let old_items = old.and_then(Value::as_array);
+                for (i, item) in items.iter().enumerate() {
+                    let old_item = keys.as_ref().and_then(|keys| {
+                        old_items?
+                            .iter()
+                            .find(|o| keys.iter().all(|k| o.get(k) == item.get(k)))
+                    });
+                    let item_path = format!("{path}[{i}]");
+                    self.walk(item_schema, item, old_item, &item_path, depth + 1);
+                }
+            }
+            _ => {}
+        }
     }
-    let mut context = cel::Context::default();
-    context.add_variable_from_value("self", to_cel(value));
-    if let Some(old) = old {
-        context.add_variable_from_value("oldSelf", to_cel(old));
+
+    fn check(
+        &mut self,
+        rule: &'s Value,
+        schema: &Value,
+        value: &Value,
+        old: Option<&Value>,
+        path: &str,
+    ) {
+        let Some(source) = rule.get("rule").and_then(Value::as_str) else {
+            return;
+        };
+        let compiled = self
+            .programs
+            .entry(source)
+            .or_insert_with(|| cel::Program::compile(source).map_err(|e| e.to_string()));
+        let program = match compiled {
+            Ok(p) => p,
+            Err(e) => {
+                let message = format!("compilation failed: {e}");
+                self.errors.push(invalid(path, schema, message));
+                return;
+            }
+        };
+        let transition = program.references().has_variable("oldSelf");
+        if transition && old.is_none() {
+            return;
+        }
+        let mut context = cel::Context::default();
+        context.add_variable_from_value("self", to_cel(value));
+        if let Some(old) = old {
+            context.add_variable_from_value("oldSelf", to_cel(old));
+        }
+        let field = match rule.get("fieldPath").and_then(Value::as_str) {
+            Some(p) if !p.is_empty() => format!("{path}{p}"),
+            _ => path.to_owned(),
+        };
+        let message = match program.execute(&context) {
+            Ok(cel::Value::Bool(true)) => return,
+            Ok(cel::Value::Bool(false)) => failure_message(rule, source, &context),
+            Ok(other) => format!("rule {source} evaluated to {other:?}, not a bool"),
+            Err(e) => format!("{e} evaluating rule: {source}"),
+        };
+        self.errors
+            .push(match rule.get("reason").and_then(Value::as_str) {
+                Some("FieldValueForbidden") => FieldError::forbidden(field, message),
+                Some("FieldValueRequired") => FieldError::required(field, message),
+                Some("FieldValueDuplicate") => FieldError::duplicate(field, schema_type(schema)),
+                _ => invalid(&field, schema, message),
+            });
     }
-    let field = match rule.get("fieldPath").and_then(Value::as_str) {
-        Some(p) if !p.is_empty() => format!("{path}{p}"),
-        _ => path.to_owned(),
-    };
-    let message = match program.execute(&context) {
-        Ok(cel::Value::Bool(true)) => return,
-        Ok(cel::Value::Bool(false)) => failure_message(rule, source, &context),
-        Ok(other) => format!("rule {source} evaluated to {other:?}, not a bool"),
-        Err(e) => format!("{e} evaluating rule: {source}"),
-    };
-    errors.push(match rule.get("reason").and_then(Value::as_str) {
-        Some("FieldValueForbidden") => FieldError::forbidden(field, message),
-        Some("FieldValueRequired") => FieldError::required(field, message),
-        Some("FieldValueDuplicate") => FieldError::duplicate(field, schema_type(schema)),
-        _ => invalid(&field, schema, message),
-    });
 }
 
 fn failure_message(rule: &Value, source: &str, context: &cel::Context) -> String {

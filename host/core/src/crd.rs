@@ -15,6 +15,14 @@ fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or_default()
 }
 
+/// The name of the version marked `storage: true`.
+fn storage_version(crd: &Value) -> Option<&str> {
+    versions(crd)
+        .iter()
+        .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        .and_then(|v| v.get("name").and_then(Value::as_str))
+}
+
 fn versions(crd: &Value) -> &[Value] {
     crd.pointer("/spec/versions")
         .and_then(Value::as_array)
@@ -176,7 +184,7 @@ pub fn validate(crd: &Value) -> Vec<FieldError> {
 
 /// Validation rules (`x-kubernetes-validations`) that do not compile, anywhere in a schema.
 fn rule_errors(schema: &Value, path: &str, depth: usize, errs: &mut Vec<FieldError>) {
-    if depth > 64 {
+    if depth > crate::schema::MAX_DEPTH {
         return;
     }
     for (i, rule) in schema
@@ -217,11 +225,7 @@ pub fn init_status(crd: &mut Value) {
         .pointer("/spec/names")
         .cloned()
         .unwrap_or_else(|| json!({}));
-    let stored: Vec<Value> = versions(crd)
-        .iter()
-        .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
-        .filter_map(|v| v.get("name").cloned())
-        .collect();
+    let stored: Vec<&str> = storage_version(crd).into_iter().collect();
     crd["status"] = json!({
         "conditions": [
             {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
@@ -237,11 +241,7 @@ pub fn init_status(crd: &mut Value) {
 /// Adds the CRD's storage version to `status.storedVersions` (objects may now exist in it
 /// as well as in the versions listed before).
 pub fn record_storage_version(crd: &mut Value) {
-    let Some(storage) = versions(crd)
-        .iter()
-        .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
-        .and_then(|v| v.get("name").cloned())
-    else {
+    let Some(storage) = storage_version(crd).map(Value::from) else {
         return;
     };
     let Some(status) = crd.get_mut("status").and_then(Value::as_object_mut) else {
@@ -288,14 +288,10 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
             .collect()
     };
     let namespaced = s(crd, "/spec/scope") != "Cluster";
-    let storage_version = (versions(crd).len() > 1)
-        .then(|| {
-            versions(crd)
-                .iter()
-                .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
-                .map(|v| format!("{group}/{}", s(v, "/name")))
-        })
-        .flatten();
+    // Only a CRD with several versions converts between them.
+    let storage_version = storage_version(crd)
+        .filter(|_| versions(crd).len() > 1)
+        .map(|v| format!("{group}/{v}"));
     versions(crd)
         .iter()
         .filter(|v| v.get("served").and_then(Value::as_bool) != Some(false))

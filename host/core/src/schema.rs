@@ -264,7 +264,8 @@ fn annotate(prop: &mut Map<String, Value>, strategy: FieldStrategy) {
 
 /// Deepest nesting the walker follows; deeper values are left alone (and deeper objects
 /// than this are refused by the body size limit long before in practice).
-const MAX_DEPTH: usize = 64;
+/// How deep schemas and objects are walked (deeper parts are left as they are).
+pub(crate) const MAX_DEPTH: usize = 64;
 
 struct Walker<'s, 'o> {
     schemas: &'s Schemas,
@@ -559,9 +560,7 @@ impl Walker<'_, '_> {
             ));
         }
     }
-}
 
-impl Walker<'_, '_> {
     /// `x-kubernetes-list-type: set` items and `map` keys must be unique.
     fn check_unique(&mut self, schema: &Value, items: &[Value], field: &str) {
         let list_type = list_type(schema);
@@ -646,7 +645,8 @@ fn is_quantity(schema: &Value) -> bool {
         .is_some_and(|d| d.starts_with("Quantity is a fixed-point representation"))
 }
 
-fn join(path: &str, field: &str) -> String {
+/// `path.field`, or `field` at the root.
+pub(crate) fn join(path: &str, field: &str) -> String {
     if path.is_empty() {
         field.to_owned()
     } else {
