@@ -9,6 +9,11 @@ if ! python3 -c 'import kubernetes' 2>/dev/null; then
 fi
 command -v kubectl >/dev/null || { echo "kubectl (v1.32) is required at /usr/bin/kubectl" >&2; exit 1; }
 
+# The plugins (default, example and test components) are built to wasm32-wasip2, in release
+# so they are small; the plugin host's tests and the end-to-end tests load them.
+rustup target add wasm32-wasip2
+cargo build --locked --release --manifest-path plugins/Cargo.toml
+
 # The end-to-end tests drive the real binary.
 cargo build --locked -p skiff
 cargo test --locked --workspace "$@"
