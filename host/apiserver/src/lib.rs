@@ -76,6 +76,9 @@ pub struct Config {
     pub node_port_range: (u16, u16),
     /// Bearer tokens that authenticate users.
     pub authenticator: Authenticator,
+    /// Metrics of other parts of the process (the scheduler, the plugin host), served on
+    /// `/metrics` after the API's own. A std Mutex: held only while encoding.
+    pub extra_metrics: Option<Arc<std::sync::Mutex<prometheus_client::registry::Registry>>>,
 }
 
 impl Default for Config {
@@ -88,6 +91,7 @@ impl Default for Config {
             service_cidr: "10.96.0.0/12".into(),
             node_port_range: (30000, 32767),
             authenticator: Authenticator::default(),
+            extra_metrics: None,
         }
     }
 }
@@ -314,7 +318,7 @@ impl ApiServer {
             Route::Metrics => Ok(http::respond(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.render(),
+                self.metrics.render(self.config.extra_metrics.as_deref()),
             )),
             Route::Api => {
                 get_only(req.method())?;

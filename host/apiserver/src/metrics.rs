@@ -68,11 +68,16 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub(crate) fn render(&self) -> String {
+    pub(crate) fn render(&self, extra: Option<&Mutex<Registry>>) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
+        if let Some(extra) = extra {
+            let extra = extra.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = prometheus_client::encoding::text::encode_registry(&mut out, &extra);
+        }
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
     }
 }

@@ -34,6 +34,7 @@ pub mod jsonpath;
 pub mod labels;
 pub mod names;
 mod pattern;
+pub mod plugins;
 pub mod proto;
 pub mod quantity;
 pub mod registry;

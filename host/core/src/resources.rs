@@ -328,6 +328,7 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
         builtin::<scheduling::PriorityClass>(&["pc"], &[], vec![]),
         builtin::<storage::StorageClass>(&["sc"], &[], vec![]),
         builtin::<apiextensions::CustomResourceDefinition>(&["crd", "crds"], &[], vec![Status]),
+        crate::plugins::resource(),
     ]
 }
 

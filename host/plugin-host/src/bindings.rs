@@ -5,7 +5,6 @@
     reason = "the generated glue has undocumented fields; wit/plugin.wit documents the records"
 )]
 
-
 wasmtime::component::bindgen!({
     world: "scheduler-plugin",
     path: "../../wit",

@@ -47,7 +47,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 pub use error::{ErrorKind, HostError, PluginError};
 pub use metrics::Metrics;
 pub use scheduler::{
-    Node, Pod, PluginInfo, PreFilterResult, Reason, Resources, SchedulerInstance, SchedulerPre,
+    Node, PluginInfo, Pod, PreFilterResult, Reason, Resources, SchedulerInstance, SchedulerPre,
     Taint, TaintEffect, Toleration,
 };
 use store::State;
@@ -255,10 +255,12 @@ impl Host {
             // SAFETY: the cache directory holds only artifacts this host serialized itself
             // (named by the digest of their source and the engine configuration), and
             // wasmtime checks the artifact's header and engine compatibility on load.
-            #[expect(unsafe_code, reason = "loading our own precompiled artifact, see above")]
-            let cached = unsafe {
-                wasmtime::component::Component::deserialize_file(&self.engine, path)
-            };
+            #[expect(
+                unsafe_code,
+                reason = "loading our own precompiled artifact, see above"
+            )]
+            let cached =
+                unsafe { wasmtime::component::Component::deserialize_file(&self.engine, path) };
             match cached {
                 Ok(component) => {
                     self.remember(&digest, &component);
@@ -272,14 +274,13 @@ impl Host {
                 ),
             }
         }
-        let component = wasmtime::component::Component::new(&self.engine, bytes).map_err(|e| {
-            PluginError {
+        let component =
+            wasmtime::component::Component::new(&self.engine, bytes).map_err(|e| PluginError {
                 plugin: plugin.to_owned(),
                 export: "compile",
                 kind: ErrorKind::Compile,
                 detail: describe(&e),
-            }
-        })?;
+            })?;
         if let Some(path) = &path {
             self.write_cache(plugin, path, &component);
         }

@@ -10,9 +10,7 @@ use crate::bindings::{SchedulerPlugin, SchedulerPluginPre};
 use crate::store::State;
 use crate::{ErrorKind, Host, Limits, Loaded, Metrics, PluginError, describe};
 
-pub use crate::bindings::exports::skiff::plugin::scheduler::{
-    PluginInfo, PreFilterResult, Reason,
-};
+pub use crate::bindings::exports::skiff::plugin::scheduler::{PluginInfo, PreFilterResult, Reason};
 pub use crate::bindings::skiff::plugin::types::{
     Node, Pod, Resources, Taint, TaintEffect, Toleration,
 };
@@ -80,10 +78,7 @@ impl SchedulerPre {
     /// Makes a fresh instance with these limits. Call [`SchedulerInstance::init`] next.
     pub fn instantiate(&self, limits: Limits) -> Result<SchedulerInstance, PluginError> {
         let memory = limits.memory_bytes.min(self.max_memory);
-        let mut store = Store::new(
-            self.pre.engine(),
-            State::new(self.plugin.clone(), memory),
-        );
+        let mut store = Store::new(self.pre.engine(), State::new(self.plugin.clone(), memory));
         store.limiter(|s| &mut s.limiter);
         let ticks = limits
             .call_timeout
@@ -105,8 +100,12 @@ impl SchedulerPre {
         let started = Instant::now();
         let bindings = self.pre.instantiate(&mut store).map_err(|e| {
             let err = classify(&self.plugin, "instantiate", &store, &e);
-            self.metrics
-                .call(&self.plugin, "instantiate", started.elapsed(), Some(&err.kind));
+            self.metrics.call(
+                &self.plugin,
+                "instantiate",
+                started.elapsed(),
+                Some(&err.kind),
+            );
             err
         })?;
         self.metrics
@@ -248,7 +247,9 @@ impl SchedulerInstance {
 
     /// `init`: gives the plugin its config; returns what it declared.
     pub fn init(&mut self, config: &str) -> Result<PluginInfo, PluginError> {
-        let result = self.call("init", |b, s| b.skiff_plugin_scheduler().call_init(s, config))?;
+        let result = self.call("init", |b, s| {
+            b.skiff_plugin_scheduler().call_init(s, config)
+        })?;
         match result {
             Ok(info) => {
                 self.reasons = info.reasons.len();
@@ -312,11 +313,7 @@ impl SchedulerInstance {
         if codes.len() != candidates.len() {
             return Err(self.invalid(
                 "filter",
-                format!(
-                    "{} codes for {} candidates",
-                    codes.len(),
-                    candidates.len()
-                ),
+                format!("{} codes for {} candidates", codes.len(), candidates.len()),
             ));
         }
         if let Some(bad) = codes.iter().find(|c| **c as usize > self.reasons) {
@@ -328,7 +325,8 @@ impl SchedulerInstance {
     /// `pre-score`.
     pub fn pre_score(&mut self, pod: &Pod, candidates: &[u32]) -> Result<bool, PluginError> {
         self.call("pre-score", |b, s| {
-            b.skiff_plugin_scheduler().call_pre_score(s, pod, candidates)
+            b.skiff_plugin_scheduler()
+                .call_pre_score(s, pod, candidates)
         })
     }
 

@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use skiff_plugin_host::{
-    Config, ErrorKind, Host, Limits, Node, Pod, PreFilterResult, Resources,
-};
+use skiff_plugin_host::{Config, ErrorKind, Host, Limits, Node, Pod, PreFilterResult, Resources};
 
 fn component(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -71,7 +69,9 @@ fn probe(host: &Host, config: &str, limits: Limits) -> skiff_plugin_host::Schedu
     let pre = host.scheduler("probe", &loaded).unwrap();
     let mut instance = pre.instantiate(limits).unwrap();
     instance.init(config).unwrap();
-    instance.upsert_node(0, &node("a", &[("pool", "a")])).unwrap();
+    instance
+        .upsert_node(0, &node("a", &[("pool", "a")]))
+        .unwrap();
     instance
 }
 
@@ -100,7 +100,10 @@ fn zone_spread_filters_by_the_pods_it_was_fed() {
     assert_eq!(plugin.filter(&other, &[0, 1]).unwrap(), vec![0, 0]);
     let mut unlabelled = pod("x", "x");
     unlabelled.labels.clear();
-    assert_eq!(plugin.pre_filter(&unlabelled).unwrap(), PreFilterResult::Skip);
+    assert_eq!(
+        plugin.pre_filter(&unlabelled).unwrap(),
+        PreFilterResult::Skip
+    );
     // Once the first pod is gone, z1 is fine again.
     plugin.remove_pod("uid-web-0").unwrap();
     plugin.pre_filter(&next).unwrap();
@@ -185,7 +188,11 @@ fn wrong_exports_and_garbage_are_refused_before_use() {
     let loaded = host.load("wrong", &component("wrong_world")).unwrap();
     let err = host.scheduler("wrong", &loaded).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Link);
-    assert!(err.detail.contains("skiff:plugin/scheduler"), "{}", err.detail);
+    assert!(
+        err.detail.contains("skiff:plugin/scheduler"),
+        "{}",
+        err.detail
+    );
 
     let err = host
         .load("garbage", b"\0asm\x0d\0\x01\0not really")
@@ -218,7 +225,10 @@ fn compiled_components_are_reused_from_the_disk_cache() {
         ..Config::default()
     };
     let bytes = component("bin_packing");
-    let cold = Host::new(config.clone()).unwrap().load("bin-packing", &bytes).unwrap();
+    let cold = Host::new(config.clone())
+        .unwrap()
+        .load("bin-packing", &bytes)
+        .unwrap();
     assert!(!cold.from_cache());
     let warm_host = Host::new(config).unwrap();
     let warm = warm_host.load("bin-packing", &bytes).unwrap();
@@ -249,5 +259,8 @@ fn metrics_count_calls_and_errors() {
         text.contains(r#"plugin_errors_total{plugin="probe",export="filter",kind="trap"} 1"#),
         "{text}"
     );
-    assert!(text.contains(r#"plugin_calls_total{plugin="probe",export="init"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"plugin_calls_total{plugin="probe",export="init"} 1"#),
+        "{text}"
+    );
 }

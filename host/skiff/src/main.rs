@@ -1,6 +1,7 @@
 //! The `skiff` binary: subcommands, configuration and logging; the work is in the crates.
 
 mod bench;
+mod scheduler;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the cluster: the HTTPS API and its store.
     Server(server::Args),
+    /// Run the scheduler on its own, against a cluster's API.
+    Scheduler(scheduler::Args),
     /// Measure a part of skiff and print a table.
     Bench(bench::Args),
 }
@@ -42,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
+            Command::Scheduler(args) => scheduler::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     })

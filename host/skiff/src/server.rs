@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use prometheus_client::registry::Registry;
 use skiff_apiserver::pki::{self, Pki};
 use skiff_apiserver::{ApiServer, Authenticator, Config, tls};
 use skiff_store::{Config as StoreConfig, RedbStore};
@@ -36,6 +37,11 @@ pub struct Args {
     /// How often watches that ask for bookmarks get one, in seconds.
     #[arg(long, default_value_t = 10)]
     pub bookmark_interval_seconds: u64,
+    /// Don't run the scheduler inside the server.
+    #[arg(long)]
+    pub disable_scheduler: bool,
+    #[command(flatten)]
+    pub scheduler: crate::scheduler::SchedulerFlags,
 }
 
 fn hostname() -> Option<String> {
@@ -89,10 +95,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         local
     };
+    let scheduler_config = crate::scheduler::config(&args.scheduler)?;
+    let extra_metrics = Arc::new(std::sync::Mutex::new(Registry::default()));
     let config = Config {
         advertise_address: advertise,
         authenticator,
         bookmark_interval: Duration::from_secs(args.bookmark_interval_seconds.max(1)),
+        extra_metrics: Some(extra_metrics.clone()),
         ..Config::default()
     };
     let server = ApiServer::new(config, store.clone())
@@ -113,6 +122,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         server,
         shutdown.clone(),
     ));
+    let scheduler = if args.disable_scheduler {
+        None
+    } else {
+        // Plugins compile lazily; the engine itself is cheap to make.
+        let host =
+            crate::scheduler::plugin_host(&args.data_dir.join("plugin-cache"), &extra_metrics)?;
+        let client = crate::scheduler::client(&kubeconfig).await?;
+        Some(tokio::spawn(skiff_scheduler::run(
+            client,
+            scheduler_config,
+            host,
+            shutdown.clone(),
+        )))
+    };
     info!(
         listen.address = %local,
         kubeconfig = %kubeconfig.display(),
@@ -122,12 +145,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     wait_for_signal().await;
     info!("shutting down");
     shutdown.cancel();
+    if let Some(scheduler) = scheduler {
+        scheduler.await.context("the scheduler task failed")??;
+    }
     serving.await.context("the API server task failed")?;
     store.close();
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");

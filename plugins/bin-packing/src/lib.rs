@@ -45,7 +45,9 @@ impl SchedulerPlugin for BinPacking {
     fn init(config: &str) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config).map_err(|e| format!("config: {e}"))?;
         if let Some((name, w)) = config.weights.iter().find(|(_, w)| **w < 0) {
-            return Err(format!("config: weight of {name} is {w}; weights can't be negative"));
+            return Err(format!(
+                "config: weight of {name} is {w}; weights can't be negative"
+            ));
         }
         if config.weights.values().sum::<i64>() == 0 {
             return Err("config: at least one weight must be positive".into());

@@ -42,8 +42,16 @@ fn least_allocated(requested: i64, allocatable: i64) -> i64 {
 }
 
 fn non_zero(r: &Resources) -> (i64, i64) {
-    let cpu = if r.milli_cpu == 0 { DEFAULT_MILLI_CPU } else { r.milli_cpu };
-    let mem = if r.memory == 0 { DEFAULT_MEMORY } else { r.memory };
+    let cpu = if r.milli_cpu == 0 {
+        DEFAULT_MILLI_CPU
+    } else {
+        r.milli_cpu
+    };
+    let mem = if r.memory == 0 {
+        DEFAULT_MEMORY
+    } else {
+        r.memory
+    };
     (cpu, mem)
 }
 
@@ -67,7 +75,11 @@ impl SchedulerPlugin for Fit {
             reason("Insufficient ephemeral-storage"),
             reason("Insufficient extended resources"),
         ];
-        reasons.extend(self.named.iter().map(|n| reason(&format!("Insufficient {n}"))));
+        reasons.extend(
+            self.named
+                .iter()
+                .map(|n| reason(&format!("Insufficient {n}"))),
+        );
         reasons
     }
 

@@ -45,7 +45,10 @@ impl SchedulerPlugin for ZoneSpread {
     fn init(config: &str) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config).map_err(|e| format!("config: {e}"))?;
         if config.max_skew < 1 {
-            return Err(format!("config: maxSkew must be at least 1, not {}", config.max_skew));
+            return Err(format!(
+                "config: maxSkew must be at least 1, not {}",
+                config.max_skew
+            ));
         }
         Ok(ZoneSpread {
             config,
@@ -86,7 +89,9 @@ impl SchedulerPlugin for ZoneSpread {
             let same = node
                 .pods
                 .iter()
-                .filter(|p| p.namespace == pod.namespace && p.label(&self.config.app_label) == Some(app))
+                .filter(|p| {
+                    p.namespace == pod.namespace && p.label(&self.config.app_label) == Some(app)
+                })
                 .count() as i64;
             *self.counts.entry(zone.to_owned()).or_default() += same;
         }

@@ -55,7 +55,9 @@ impl<P: SchedulerPlugin> Runtime<P> {
 
     fn plugin(&self) -> &P {
         // The host calls `init` first on every instance; anything else first is a host bug.
-        self.plugin.as_ref().expect("init is called before any other export")
+        self.plugin
+            .as_ref()
+            .expect("init is called before any other export")
     }
 
     fn plugin_and_cluster(&mut self) -> (&mut P, Cluster<'_>) {
@@ -183,7 +185,10 @@ impl<P: SchedulerPlugin> Runtime<P> {
         let Some(node) = self.nodes.get(slot as usize).and_then(Option::as_ref) else {
             return Err(format!("node slot {slot} is not in the plugin's cache"));
         };
-        let plugin = self.plugin.as_mut().expect("init is called before any other export");
+        let plugin = self
+            .plugin
+            .as_mut()
+            .expect("init is called before any other export");
         plugin.reserve(pod, node)
     }
 

@@ -6,6 +6,7 @@ mod crash;
 mod crds;
 mod kinds;
 mod kubectl;
+mod scheduler;
 mod seeds;
 mod server;
 mod watcher;

@@ -1,0 +1,180 @@
+//! The scheduler's cache: nodes by slot, the pods placed on each (bound, or assumed while
+//! their binding is in flight) and what they add up to. Fed by the informers; read by every
+//! plugin in the cycle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::model::{HostPort, NodeInfo, PodInfo, Resources};
+
+/// One node and what is placed on it.
+#[derive(Debug)]
+pub struct NodeState {
+    /// The node.
+    pub info: NodeInfo,
+    /// Pods placed here, by uid.
+    pub pods: HashMap<String, Arc<PodInfo>>,
+    /// The sum of their requests.
+    pub requested: Resources,
+    /// The sum of their non-zero cpu and memory (for scoring).
+    pub non_zero: (i64, i64),
+    /// Host ports in use.
+    pub host_ports: Vec<HostPort>,
+}
+
+impl NodeState {
+    fn add(&mut self, pod: &PodInfo, sign: i64) {
+        self.requested.add(&pod.requests, sign);
+        self.non_zero.0 += sign * pod.non_zero.0;
+        self.non_zero.1 += sign * pod.non_zero.1;
+        if sign > 0 {
+            self.host_ports.extend(pod.host_ports.iter().cloned());
+        } else {
+            for port in &pod.host_ports {
+                if let Some(i) = self.host_ports.iter().position(|p| p == port) {
+                    self.host_ports.swap_remove(i);
+                }
+            }
+        }
+    }
+}
+
+/// What changed in the cache, for plugins that keep their own copy (Wasm plugins).
+#[derive(Debug)]
+pub enum Change {
+    /// A node was added or changed in this slot.
+    NodeUpserted(u32),
+    /// The node in this slot is gone (with its pods).
+    NodeRemoved(u32),
+    /// A pod was placed on this slot.
+    PodPlaced(u32, Arc<PodInfo>),
+    /// A placed pod is gone.
+    PodRemoved(String),
+}
+
+/// Nodes by slot and placed pods by uid.
+#[derive(Debug, Default)]
+pub struct Cache {
+    nodes: Vec<Option<NodeState>>,
+    by_name: HashMap<String, u32>,
+    free: Vec<u32>,
+    /// Where each placed pod is.
+    placed: HashMap<String, u32>,
+    /// Placed pods whose binding is still in flight.
+    assumed: HashMap<String, u32>,
+}
+
+impl Cache {
+    /// The node in `slot`.
+    pub fn node(&self, slot: u32) -> Option<&NodeState> {
+        self.nodes.get(slot as usize)?.as_ref()
+    }
+
+    /// The slot of a node.
+    pub fn slot(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Every node's slot, in slot order.
+    pub fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.is_some())
+            .map(|(i, _)| i as u32)
+    }
+
+    /// Every node.
+    pub fn nodes(&self) -> impl Iterator<Item = (u32, &NodeState)> + '_ {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| Some((i as u32, n.as_ref()?)))
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether there are no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Whether the pod is placed (bound or assumed).
+    pub fn is_placed(&self, uid: &str) -> bool {
+        self.placed.contains_key(uid)
+    }
+
+    /// Whether the pod is assumed (binding in flight).
+    pub fn is_assumed(&self, uid: &str) -> bool {
+        self.assumed.contains_key(uid)
+    }
+
+    /// Adds or updates a node; keeps its pods.
+    pub fn upsert_node(&mut self, info: NodeInfo) -> Change {
+        if let Some(slot) = self.slot(info.name()) {
+            if let Some(state) = self.nodes[slot as usize].as_mut() {
+                state.info = info;
+            }
+            return Change::NodeUpserted(slot);
+        }
+        let slot = self.free.pop().unwrap_or(self.nodes.len() as u32);
+        if self.nodes.len() <= slot as usize {
+            self.nodes.resize_with(slot as usize + 1, || None);
+        }
+        self.by_name.insert(info.name().to_owned(), slot);
+        self.nodes[slot as usize] = Some(NodeState {
+            info,
+            pods: HashMap::new(),
+            requested: Resources::default(),
+            non_zero: (0, 0),
+            host_ports: Vec::new(),
+        });
+        Change::NodeUpserted(slot)
+    }
+
+    /// Removes a node and forgets its pods.
+    pub fn remove_node(&mut self, name: &str) -> Option<Change> {
+        let slot = self.by_name.remove(name)?;
+        if let Some(state) = self.nodes[slot as usize].take() {
+            for uid in state.pods.keys() {
+                self.placed.remove(uid);
+                self.assumed.remove(uid);
+            }
+        }
+        self.free.push(slot);
+        Some(Change::NodeRemoved(slot))
+    }
+
+    /// Places a pod on a node (moving it if it was elsewhere). `None` if the node is unknown.
+    pub fn place(&mut self, pod: Arc<PodInfo>, node: &str, assumed: bool) -> Option<Change> {
+        let slot = self.slot(node)?;
+        self.remove_pod(&pod.uid);
+        let state = self.nodes[slot as usize].as_mut()?;
+        state.add(&pod, 1);
+        state.pods.insert(pod.uid.clone(), pod.clone());
+        self.placed.insert(pod.uid.clone(), slot);
+        if assumed {
+            self.assumed.insert(pod.uid.clone(), slot);
+        }
+        Some(Change::PodPlaced(slot, pod))
+    }
+
+    /// Confirms an assumed pod (its binding succeeded).
+    pub fn confirm(&mut self, uid: &str) {
+        self.assumed.remove(uid);
+    }
+
+    /// Removes a placed pod.
+    pub fn remove_pod(&mut self, uid: &str) -> Option<Change> {
+        let slot = self.placed.remove(uid)?;
+        self.assumed.remove(uid);
+        let state = self.nodes[slot as usize].as_mut()?;
+        if let Some(pod) = state.pods.remove(uid) {
+            state.add(&pod, -1);
+        }
+        Some(Change::PodRemoved(uid.to_owned()))
+    }
+}

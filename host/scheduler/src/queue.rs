@@ -1,0 +1,198 @@
+//! The scheduling queue: active pods by priority (then arrival), pods backing off after a
+//! failed attempt, and unschedulable pods parked until the cluster changes.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::model::PodInfo;
+
+/// The first retry waits this long; each failure doubles it up to [`MAX_BACKOFF`].
+pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest backoff.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Unschedulable pods are retried at least this often, even if nothing seems to change.
+pub const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Where {
+    Active,
+    Backoff(Instant),
+    Unschedulable(Instant),
+    /// Popped and being scheduled (or bound).
+    InFlight,
+}
+
+#[derive(Debug)]
+struct Entry {
+    pod: Arc<PodInfo>,
+    attempts: u32,
+    at: Where,
+    /// Bumped on every re-activation; stale heap entries carry an older one.
+    seq: u64,
+}
+
+/// The queue.
+#[derive(Debug, Default)]
+pub struct Queue {
+    entries: HashMap<String, Entry>,
+    active: BinaryHeap<(i32, Reverse<u64>, String)>,
+    backoff: BinaryHeap<Reverse<(Instant, String)>>,
+    seq: u64,
+}
+
+impl Queue {
+    fn activate(&mut self, uid: &str) {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(e) = self.entries.get_mut(uid) {
+            e.at = Where::Active;
+            e.seq = seq;
+            self.active
+                .push((e.pod.priority, Reverse(seq), uid.to_owned()));
+        }
+    }
+
+    /// Adds a pending pod, or updates it (an update of a parked pod makes it active: its
+    /// spec may now fit).
+    pub fn add_or_update(&mut self, pod: Arc<PodInfo>) {
+        let uid = pod.uid.clone();
+        match self.entries.get_mut(&uid) {
+            Some(e) => {
+                let reactivate = matches!(e.at, Where::Unschedulable(_));
+                e.pod = pod;
+                if reactivate {
+                    self.activate(&uid);
+                }
+            }
+            None => {
+                self.entries.insert(
+                    uid.clone(),
+                    Entry {
+                        pod,
+                        attempts: 0,
+                        at: Where::Active,
+                        seq: 0,
+                    },
+                );
+                self.activate(&uid);
+            }
+        }
+    }
+
+    /// Forgets a pod (bound or deleted).
+    pub fn remove(&mut self, uid: &str) {
+        self.entries.remove(uid);
+    }
+
+    /// Whether the pod is queued (in any state).
+    pub fn contains(&self, uid: &str) -> bool {
+        self.entries.contains_key(uid)
+    }
+
+    /// The next pod to schedule, if one is ready now.
+    pub fn pop(&mut self, now: Instant) -> Option<Arc<PodInfo>> {
+        while let Some(Reverse((until, _))) = self.backoff.peek() {
+            if *until > now {
+                break;
+            }
+            let Reverse((until, uid)) = self.backoff.pop().expect("peeked");
+            if self
+                .entries
+                .get(&uid)
+                .is_some_and(|e| e.at == Where::Backoff(until))
+            {
+                self.activate(&uid);
+            }
+        }
+        while let Some((_, Reverse(seq), uid)) = self.active.pop() {
+            if let Some(e) = self.entries.get_mut(&uid)
+                && e.at == Where::Active
+                && e.seq == seq
+            {
+                e.at = Where::InFlight;
+                e.attempts += 1;
+                return Some(e.pod.clone());
+            }
+        }
+        None
+    }
+
+    fn backoff_for(attempts: u32) -> Duration {
+        INITIAL_BACKOFF
+            .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+            .min(MAX_BACKOFF)
+    }
+
+    /// The pod failed for a reason that may pass by itself (a plugin error, a failed
+    /// binding): retry after a backoff.
+    pub fn backoff(&mut self, uid: &str, now: Instant) {
+        if let Some(e) = self.entries.get_mut(uid) {
+            let until = now + Self::backoff_for(e.attempts);
+            e.at = Where::Backoff(until);
+            self.backoff.push(Reverse((until, uid.to_owned())));
+        }
+    }
+
+    /// No node fits: park the pod until the cluster changes.
+    pub fn unschedulable(&mut self, uid: &str, now: Instant) {
+        if let Some(e) = self.entries.get_mut(uid) {
+            e.at = Where::Unschedulable(now);
+        }
+    }
+
+    /// The cluster changed in a way that may make parked pods fit (a node was added or
+    /// changed, a pod went away, a plugin changed): move them back, respecting backoff.
+    pub fn move_unschedulable(&mut self, now: Instant) {
+        let parked: Vec<(String, u32, Instant)> = self
+            .entries
+            .iter()
+            .filter_map(|(uid, e)| match e.at {
+                Where::Unschedulable(since) => Some((uid.clone(), e.attempts, since)),
+                _ => None,
+            })
+            .collect();
+        for (uid, attempts, since) in parked {
+            let until = since + Self::backoff_for(attempts);
+            if until > now {
+                if let Some(e) = self.entries.get_mut(&uid) {
+                    e.at = Where::Backoff(until);
+                }
+                self.backoff.push(Reverse((until, uid)));
+            } else {
+                self.activate(&uid);
+            }
+        }
+    }
+
+    /// Moves pods parked longer than [`UNSCHEDULABLE_FLUSH`] back to active.
+    pub fn flush_stale(&mut self, now: Instant) {
+        let stale: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                matches!(e.at, Where::Unschedulable(since) if now.duration_since(since) >= UNSCHEDULABLE_FLUSH)
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in stale {
+            self.activate(&uid);
+        }
+    }
+
+    /// When the next backed-off pod is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.backoff.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// How many pods are queued, in flight or parked.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

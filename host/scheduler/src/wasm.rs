@@ -1,0 +1,355 @@
+//! Wasm plugins behind the framework's [`Plugin`] trait: the adapter feeds the plugin's own
+//! cache, makes one batched call per pod per extension point, and applies the plugin's
+//! failure policy when a call fails.
+
+use std::sync::Arc;
+
+use skiff_plugin_host::{
+    Limits, PluginError, PluginInfo, PreFilterResult, SchedulerInstance, SchedulerPre,
+};
+use tracing::warn;
+
+use crate::cache::{Cache, Change};
+use crate::framework::{Plugin, PreFilter, Rejection};
+use crate::model::PodInfo;
+
+/// What to do with a pod when the plugin fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// The pod is not scheduled this time (it is retried with backoff).
+    Fail,
+    /// The plugin is skipped for this pod.
+    Ignore,
+}
+
+/// Which extension points a Wasm plugin takes part in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Points {
+    /// PreFilter.
+    pub pre_filter: bool,
+    /// Filter.
+    pub filter: bool,
+    /// PreScore.
+    pub pre_score: bool,
+    /// Score.
+    pub score: bool,
+    /// NormalizeScore.
+    pub normalize: bool,
+    /// Reserve and Unreserve.
+    pub reserve: bool,
+}
+
+impl Points {
+    /// Every extension point of the world.
+    pub const ALL: Points = Points {
+        pre_filter: true,
+        filter: true,
+        pre_score: true,
+        score: true,
+        normalize: true,
+        reserve: true,
+    };
+
+    /// Parses kube-scheduler's names (`PreFilter`, `Filter`, `PreScore`, `Score`,
+    /// `NormalizeScore`, `Reserve`); `None` names an unknown one.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Points, String> {
+        let mut p = Points {
+            pre_filter: false,
+            filter: false,
+            pre_score: false,
+            score: false,
+            normalize: false,
+            reserve: false,
+        };
+        for name in names {
+            match name {
+                "PreFilter" => p.pre_filter = true,
+                "Filter" => p.filter = true,
+                "PreScore" => p.pre_score = true,
+                "Score" => p.score = true,
+                "NormalizeScore" => p.normalize = true,
+                "Reserve" => p.reserve = true,
+                other => return Err(other.to_owned()),
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// How a Plugin object configures a Wasm scheduler plugin.
+#[derive(Clone, Debug)]
+pub struct WasmSpec {
+    /// The Plugin object's name.
+    pub name: String,
+    /// `spec.config` as JSON text.
+    pub config: String,
+    /// `spec.failurePolicy`.
+    pub failure_policy: FailurePolicy,
+    /// `spec.scheduler.extensionPoints`.
+    pub points: Points,
+    /// `spec.scheduler.weight`.
+    pub weight: i64,
+    /// `spec.scheduler.replaces`: built-ins switched off while this plugin is loaded.
+    pub replaces: Vec<String>,
+    /// `spec.limits`.
+    pub limits: Limits,
+    /// `metadata.generation` of the object this came from.
+    pub generation: i64,
+}
+
+/// Called with every failed call, for the Plugin's status and events.
+pub type Reporter = Arc<dyn Fn(&WasmSpec, &PluginError) + Send + Sync>;
+
+/// A loaded Wasm scheduler plugin.
+pub struct WasmPlugin {
+    spec: WasmSpec,
+    pre: SchedulerPre,
+    instance: Option<SchedulerInstance>,
+    info: PluginInfo,
+    reasons: Vec<(Arc<str>, bool)>,
+    report: Reporter,
+}
+
+/// Makes an instance and brings its cache up to date with the scheduler's.
+fn fresh(
+    spec: &WasmSpec,
+    pre: &SchedulerPre,
+    cache: &Cache,
+) -> Result<(SchedulerInstance, PluginInfo), PluginError> {
+    let mut instance = pre.instantiate(spec.limits.clone())?;
+    let info = instance.init(&spec.config)?;
+    for (slot, node) in cache.nodes() {
+        instance.upsert_node(slot, &node.info.wasm)?;
+        if info.wants_pods {
+            for pod in node.pods.values() {
+                instance.upsert_pod(slot, &pod.placed_on(node.info.name()))?;
+            }
+        }
+    }
+    Ok((instance, info))
+}
+
+impl WasmPlugin {
+    /// Instantiates the plugin, initialises it and replays the cache into it. An error
+    /// here means the plugin is not used (a working older version stays).
+    pub fn new(
+        spec: WasmSpec,
+        pre: SchedulerPre,
+        cache: &Cache,
+        report: Reporter,
+    ) -> Result<Self, PluginError> {
+        let (instance, info) = fresh(&spec, &pre, cache)?;
+        let reasons = info
+            .reasons
+            .iter()
+            .map(|r| (Arc::from(r.message.as_str()), r.unresolvable))
+            .collect();
+        Ok(WasmPlugin {
+            spec,
+            pre,
+            instance: Some(instance),
+            info,
+            reasons,
+            report,
+        })
+    }
+
+    /// The spec it was loaded with.
+    pub fn spec(&self) -> &WasmSpec {
+        &self.spec
+    }
+
+    /// The component digest.
+    pub fn digest(&self) -> &str {
+        self.pre.digest()
+    }
+
+    /// The live instance, re-made (and re-fed) if the last one failed.
+    fn instance(&mut self, cache: &Cache) -> Result<&mut SchedulerInstance, PluginError> {
+        if self.instance.as_ref().is_none_or(|i| i.is_poisoned()) {
+            self.instance = None;
+            let (instance, _) = fresh(&self.spec, &self.pre, cache)?;
+            self.instance = Some(instance);
+        }
+        Ok(self.instance.as_mut().expect("just made"))
+    }
+
+    /// Runs a call; on failure reports it, drops the instance and applies the policy
+    /// (`ignored` is the answer that means "no opinion").
+    fn guard<T>(
+        &mut self,
+        cache: &Cache,
+        ignored: impl FnOnce() -> T,
+        f: impl FnOnce(&mut SchedulerInstance) -> Result<T, PluginError>,
+    ) -> Result<T, PluginError> {
+        let result = self.instance(cache).and_then(f);
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                (self.report)(&self.spec, &e);
+                if self.instance.as_ref().is_some_and(|i| i.is_poisoned()) {
+                    self.instance = None;
+                }
+                match self.spec.failure_policy {
+                    FailurePolicy::Ignore => Ok(ignored()),
+                    FailurePolicy::Fail => Err(e),
+                }
+            }
+        }
+    }
+
+    fn rejection(&self, code: u16) -> Rejection {
+        let (reason, unresolvable) = self.reasons[code as usize - 1].clone();
+        Rejection {
+            reasons: vec![reason],
+            unresolvable,
+        }
+    }
+}
+
+impl Plugin for WasmPlugin {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+    fn filters(&self) -> bool {
+        self.spec.points.pre_filter || self.spec.points.filter
+    }
+    fn scores(&self) -> bool {
+        self.spec.points.score
+    }
+
+    fn observe(&mut self, cache: &Cache, change: &Change) {
+        let wants_pods = self.info.wants_pods;
+        let Some(instance) = self.instance.as_mut().filter(|i| !i.is_poisoned()) else {
+            // The next call re-makes the instance from the cache, change included.
+            return;
+        };
+        let result = match change {
+            Change::NodeUpserted(slot) => match cache.node(*slot) {
+                Some(node) => instance.upsert_node(*slot, &node.info.wasm),
+                None => Ok(()),
+            },
+            Change::NodeRemoved(slot) => instance.remove_node(*slot),
+            Change::PodPlaced(slot, pod) if wants_pods => match cache.node(*slot) {
+                Some(node) => instance.upsert_pod(*slot, &pod.placed_on(node.info.name())),
+                None => Ok(()),
+            },
+            Change::PodRemoved(uid) if wants_pods => instance.remove_pod(uid),
+            Change::PodPlaced(..) | Change::PodRemoved(_) => Ok(()),
+        };
+        if let Err(e) = result {
+            warn!(plugin.name = %self.spec.name, error = &e as &dyn std::error::Error, "plugin failed to take a cache update; it will be re-made");
+            (self.report)(&self.spec, &e);
+            self.instance = None;
+        }
+    }
+
+    fn pre_filter(&mut self, pod: &PodInfo, cache: &Cache) -> Result<PreFilter, PluginError> {
+        if !self.spec.points.pre_filter {
+            return Ok(PreFilter::Proceed);
+        }
+        let json = self.info.wants_pod_json;
+        let result = self.guard(
+            cache,
+            || PreFilterResult::Skip,
+            |i| i.pre_filter(pod.for_wasm(json)),
+        )?;
+        Ok(match result {
+            PreFilterResult::Proceed => PreFilter::Proceed,
+            PreFilterResult::Skip => PreFilter::Skip,
+            PreFilterResult::Only(slots) => PreFilter::Only(slots),
+            PreFilterResult::Reject(code) => PreFilter::Reject(self.rejection(code)),
+        })
+    }
+
+    fn filter(
+        &mut self,
+        pod: &PodInfo,
+        cache: &Cache,
+        candidates: &[u32],
+        out: &mut Vec<Option<Rejection>>,
+    ) -> Result<(), PluginError> {
+        out.clear();
+        if !self.spec.points.filter {
+            out.resize(candidates.len(), None);
+            return Ok(());
+        }
+        let json = self.info.wants_pod_json;
+        let codes = self.guard(
+            cache,
+            || vec![0; candidates.len()],
+            |i| i.filter(pod.for_wasm(json), candidates),
+        )?;
+        out.extend(
+            codes
+                .into_iter()
+                .map(|c| (c != 0).then(|| self.rejection(c))),
+        );
+        Ok(())
+    }
+
+    fn pre_score(
+        &mut self,
+        pod: &PodInfo,
+        cache: &Cache,
+        feasible: &[u32],
+    ) -> Result<bool, PluginError> {
+        if !self.spec.points.pre_score {
+            return Ok(true);
+        }
+        let json = self.info.wants_pod_json;
+        self.guard(
+            cache,
+            || false,
+            |i| i.pre_score(pod.for_wasm(json), feasible),
+        )
+    }
+
+    fn score(
+        &mut self,
+        pod: &PodInfo,
+        cache: &Cache,
+        feasible: &[u32],
+    ) -> Result<Vec<i64>, PluginError> {
+        let json = self.info.wants_pod_json;
+        let normalize = self.spec.points.normalize;
+        self.guard(
+            cache,
+            || vec![0; feasible.len()],
+            |i| {
+                let pod = pod.for_wasm(json);
+                let scores = i.score(pod, feasible)?;
+                if normalize {
+                    i.normalize_score(pod, feasible, &scores)
+                } else {
+                    Ok(scores)
+                }
+            },
+        )
+    }
+
+    fn reserve(
+        &mut self,
+        pod: &PodInfo,
+        cache: &Cache,
+        slot: u32,
+    ) -> Result<Result<(), String>, PluginError> {
+        if !self.spec.points.reserve {
+            return Ok(Ok(()));
+        }
+        let json = self.info.wants_pod_json;
+        self.guard(cache, || Ok(()), |i| i.reserve(pod.for_wasm(json), slot))
+    }
+
+    fn unreserve(&mut self, pod: &PodInfo, slot: u32) {
+        if !self.spec.points.reserve {
+            return;
+        }
+        if let Some(instance) = self.instance.as_mut().filter(|i| !i.is_poisoned())
+            && let Err(e) = instance.unreserve(pod.for_wasm(self.info.wants_pod_json), slot)
+        {
+            (self.report)(&self.spec, &e);
+            self.instance = None;
+        }
+    }
+}

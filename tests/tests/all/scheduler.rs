@@ -1,0 +1,454 @@
+//! The scheduler end to end: simulated Node objects (no agent), pods through the API, the
+//! built-in plugins' messages, and Wasm plugins hot-loaded from Plugin objects.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+use serde_json::{Value, json};
+use skiff_tests::{Kubectl, TestCluster, eventually};
+
+fn component(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test.sh builds the plugins",
+        path.display()
+    );
+    path.canonicalize().unwrap().display().to_string()
+}
+
+fn nodes(kubectl: &Kubectl, specs: &[(&str, &str, &str)]) {
+    for (name, pool, extra) in specs {
+        kubectl.apply(
+            &format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}, pool: {pool}}}\n{extra}status:\n  capacity: {{cpu: '4', memory: 8Gi, pods: '110'}}\n  allocatable: {{cpu: '4', memory: 8Gi, pods: '110'}}\n"
+            ),
+            &[],
+        );
+    }
+}
+
+fn plugin(kubectl: &Kubectl, name: &str, component_name: &str, extra: &str) {
+    kubectl.apply(
+        &format!(
+            "apiVersion: skiff.dev/v1alpha1\nkind: Plugin\nmetadata:\n  name: {name}\nspec:\n  kind: scheduler\n  component: {{file: {}}}\n{extra}",
+            component(component_name)
+        ),
+        &[],
+    );
+}
+
+fn status(kubectl: &Kubectl, plugin: &str) -> Value {
+    let out = kubectl.ok(&["get", "plugin", plugin, "-o", "json"]);
+    serde_json::from_str::<Value>(&out).unwrap()["status"].clone()
+}
+
+fn ready(kubectl: &Kubectl, plugin: &str, generation: i64) -> Value {
+    eventually(Duration::from_secs(20), || {
+        let s = status(kubectl, plugin);
+        (s["observedGeneration"] == generation).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("plugin {plugin} never observed generation {generation}"))
+}
+
+fn node_of(kubectl: &Kubectl, pod: &str) -> Option<String> {
+    let n = kubectl.ok(&["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]);
+    (!n.trim().is_empty()).then(|| n.trim().to_owned())
+}
+
+fn run_pod(kubectl: &Kubectl, name: &str, overrides: &str) {
+    let mut args = vec!["run", name, "--image=busybox", "--restart=Never"];
+    let o = format!("--overrides={overrides}");
+    if !overrides.is_empty() {
+        args.push(&o);
+    }
+    kubectl.ok(&args);
+}
+
+fn event_message(kubectl: &Kubectl, object: &str, reason: &str) -> Option<String> {
+    eventually(Duration::from_secs(15), || {
+        let out = kubectl.ok(&[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            &format!("involvedObject.name={object},reason={reason}"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        (!out.trim().is_empty()).then(|| out.trim().to_owned())
+    })
+}
+
+#[test]
+fn built_in_plugins_place_pods_and_explain_failures() {
+    let cluster = TestCluster::start().unwrap();
+    let kubectl = cluster.kubectl();
+    nodes(
+        &kubectl,
+        &[
+            ("n1", "a", ""),
+            (
+                "n2",
+                "b",
+                "spec:\n  taints: [{key: dedicated, value: gpu, effect: NoSchedule}]\n",
+            ),
+            ("n3", "c", "spec:\n  unschedulable: true\n"),
+        ],
+    );
+    // nodeSelector and resources: only n1 is free of taints and cordons.
+    run_pod(&kubectl, "plain", "");
+    let node = eventually(Duration::from_secs(15), || node_of(&kubectl, "plain")).unwrap();
+    assert_eq!(node, "n1");
+    let scheduled = event_message(&kubectl, "plain", "Scheduled").unwrap();
+    assert_eq!(scheduled, "Successfully assigned default/plain to n1");
+
+    // A toleration opens n2; a nodeSelector for it then lands there.
+    run_pod(
+        &kubectl,
+        "tolerant",
+        r#"{"spec":{"nodeSelector":{"pool":"b"},"tolerations":[{"key":"dedicated","operator":"Equal","value":"gpu","effect":"NoSchedule"}]}}"#,
+    );
+    assert_eq!(
+        eventually(Duration::from_secs(15), || node_of(&kubectl, "tolerant")).unwrap(),
+        "n2"
+    );
+
+    // Too big for any node: the message counts nodes per reason, as kube-scheduler does.
+    run_pod(
+        &kubectl,
+        "huge",
+        r#"{"spec":{"containers":[{"name":"huge","image":"busybox","resources":{"requests":{"cpu":"8"}}}]}}"#,
+    );
+    let message = event_message(&kubectl, "huge", "FailedScheduling").unwrap();
+    assert_eq!(
+        message,
+        "0/3 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: gpu}, 1 node(s) were unschedulable."
+    );
+    let condition = kubectl.ok(&[
+        "get",
+        "pod",
+        "huge",
+        "-o",
+        r#"jsonpath={.status.conditions[?(@.type=="PodScheduled")].status} {.status.conditions[?(@.type=="PodScheduled")].reason}"#,
+    ]);
+    assert_eq!(condition.trim(), "False Unschedulable");
+
+    // A new node with room makes the parked pod schedulable without a retry from the user.
+    kubectl.apply(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: n4\nstatus:\n  allocatable: {cpu: '16', memory: 8Gi, pods: '110'}\n",
+        &[],
+    );
+    assert_eq!(
+        eventually(Duration::from_secs(30), || node_of(&kubectl, "huge")).unwrap(),
+        "n4"
+    );
+}
+
+#[test]
+fn a_wasm_plugin_changes_where_pods_land_and_is_swapped_and_unloaded_live() {
+    let cluster = TestCluster::start().unwrap();
+    let kubectl = cluster.kubectl();
+    nodes(
+        &kubectl,
+        &[("n1", "a", ""), ("n2", "b", ""), ("n3", "c", "")],
+    );
+    plugin(
+        &kubectl,
+        "pool",
+        "probe",
+        "  config: {requireLabel: pool=b}\n",
+    );
+    let s = ready(&kubectl, "pool", 1);
+    assert!(s["digest"].as_str().unwrap().starts_with("sha256:"), "{s}");
+    let table = kubectl.ok(&["get", "plugins"]);
+    assert!(table.contains("pool   scheduler   True"), "{table}");
+
+    for i in 0..4 {
+        run_pod(&kubectl, &format!("p{i}"), "");
+    }
+    for i in 0..4 {
+        let node = eventually(Duration::from_secs(15), || {
+            node_of(&kubectl, &format!("p{i}"))
+        })
+        .unwrap();
+        assert_eq!(node, "n2", "pod p{i}");
+    }
+    // The plugin's own reason shows up in FailedScheduling.
+    run_pod(
+        &kubectl,
+        "elsewhere",
+        r#"{"spec":{"nodeSelector":{"pool":"a"}}}"#,
+    );
+    let message = event_message(&kubectl, "elsewhere", "FailedScheduling").unwrap();
+    assert_eq!(
+        message,
+        "0/3 nodes are available: 1 node(s) didn't have label pool=b, 2 node(s) didn't match Pod's node affinity/selector."
+    );
+
+    // A component with the wrong exports never replaces the working version.
+    plugin(
+        &kubectl,
+        "pool",
+        "wrong_world",
+        "  config: {requireLabel: pool=b}\n",
+    );
+    let s = ready(&kubectl, "pool", 2);
+    let loaded = s["conditions"].as_array().unwrap();
+    assert_eq!(loaded[0]["type"], "Loaded");
+    assert_eq!(loaded[0]["status"], "False");
+    assert_eq!(loaded[1]["reason"], "PreviousVersion", "{s}");
+    assert!(
+        s["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("does not match the scheduler-plugin world"),
+        "{s}"
+    );
+    event_message(&kubectl, "pool", "FailedLoad").unwrap();
+    run_pod(&kubectl, "still-b", "");
+    assert_eq!(
+        eventually(Duration::from_secs(15), || node_of(&kubectl, "still-b")).unwrap(),
+        "n2"
+    );
+
+    // A new version (here: new config) takes over; the parked pod now fits.
+    plugin(
+        &kubectl,
+        "pool",
+        "probe",
+        "  config: {requireLabel: pool=a}\n",
+    );
+    ready(&kubectl, "pool", 3);
+    assert_eq!(
+        eventually(Duration::from_secs(30), || node_of(&kubectl, "elsewhere")).unwrap(),
+        "n1"
+    );
+    // Deleting the Plugin unloads it: pods go anywhere again.
+    kubectl.ok(&["delete", "plugin", "pool"]);
+    run_pod(
+        &kubectl,
+        "free",
+        r#"{"spec":{"nodeSelector":{"pool":"c"}}}"#,
+    );
+    assert_eq!(
+        eventually(Duration::from_secs(15), || node_of(&kubectl, "free")).unwrap(),
+        "n3"
+    );
+}
+
+#[test]
+fn sandbox_faults_are_reported_and_scheduling_goes_on_under_the_failure_policy() {
+    let cluster = TestCluster::start().unwrap();
+    let kubectl = cluster.kubectl();
+    nodes(&kubectl, &[("n1", "a", ""), ("n2", "b", "")]);
+
+    // An infinite loop, failure policy Ignore: stopped at its deadline, pods still placed.
+    plugin(
+        &kubectl,
+        "spinner",
+        "probe",
+        "  config: {fault: loop}\n  failurePolicy: Ignore\n  limits: {timeoutMilliseconds: 50}\n",
+    );
+    ready(&kubectl, "spinner", 1);
+    run_pod(&kubectl, "survivor", "");
+    eventually(Duration::from_secs(15), || node_of(&kubectl, "survivor")).unwrap();
+    let s = eventually(Duration::from_secs(15), || {
+        let s = status(&kubectl, "spinner");
+        s["lastError"].is_string().then_some(s)
+    })
+    .unwrap();
+    assert!(
+        s["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("ran past its deadline"),
+        "{s}"
+    );
+    assert!(s["failures"].as_i64().unwrap() >= 1);
+    event_message(&kubectl, "spinner", "PluginTimeout").unwrap();
+    kubectl.ok(&["delete", "plugin", "spinner"]);
+
+    // Unbounded allocation hits the memory cap.
+    plugin(
+        &kubectl,
+        "hog",
+        "probe",
+        "  config: {fault: alloc}\n  failurePolicy: Ignore\n  limits: {memoryBytes: 16777216, timeoutMilliseconds: 5000}\n",
+    );
+    ready(&kubectl, "hog", 1);
+    run_pod(&kubectl, "after-hog", "");
+    eventually(Duration::from_secs(15), || node_of(&kubectl, "after-hog")).unwrap();
+    event_message(&kubectl, "hog", "PluginMemoryLimit").unwrap();
+    kubectl.ok(&["delete", "plugin", "hog"]);
+
+    // A trap with failure policy Fail: the pod waits, with the plugin named in its event;
+    // removing the plugin lets it through.
+    plugin(&kubectl, "crasher", "probe", "  config: {fault: trap}\n");
+    ready(&kubectl, "crasher", 1);
+    run_pod(&kubectl, "blocked", "");
+    let message = event_message(&kubectl, "blocked", "FailedScheduling").unwrap();
+    assert!(message.contains("running plugin \"crasher\""), "{message}");
+    assert!(message.contains("probe plugin asked to trap"), "{message}");
+    let s = status(&kubectl, "crasher");
+    assert!(s["lastError"].as_str().unwrap().contains("trapped"), "{s}");
+    event_message(&kubectl, "crasher", "PluginFailed").unwrap();
+    assert_eq!(node_of(&kubectl, "blocked"), None);
+    kubectl.ok(&["delete", "plugin", "crasher"]);
+    eventually(Duration::from_secs(30), || node_of(&kubectl, "blocked")).unwrap();
+
+    // A config the plugin refuses is a load failure, not a crash.
+    plugin(
+        &kubectl,
+        "picky",
+        "probe",
+        "  config: {fault: reject-init}\n",
+    );
+    let s = ready(&kubectl, "picky", 1);
+    assert!(
+        s["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("refused its configuration"),
+        "{s}"
+    );
+}
+
+async fn client(cluster: &TestCluster) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+#[test]
+fn hot_swap_under_load_binds_every_pod_once_and_follows_the_new_version() {
+    let cluster = TestCluster::start().unwrap();
+    let kubectl = cluster.kubectl();
+    let specs: Vec<(String, &str)> = (0..10)
+        .map(|i| (format!("n{i}"), if i < 5 { "old" } else { "new" }))
+        .collect();
+    let specs: Vec<(&str, &str, &str)> = specs.iter().map(|(n, p)| (n.as_str(), *p, "")).collect();
+    nodes(&kubectl, &specs);
+    plugin(
+        &kubectl,
+        "lane",
+        "probe",
+        "  config: {requireLabel: pool=old}\n",
+    );
+    ready(&kubectl, "lane", 1);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let swapped_at = runtime.block_on(async {
+        let client = client(&cluster).await;
+        let pods: kube::Api<Pod> = kube::Api::namespaced(client, "default");
+        let create = |i: usize| {
+            let pods = pods.clone();
+            async move {
+                let pod: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": format!("load-{i:04}")},
+                    "spec": {"containers": [{"name": "c", "image": "busybox",
+                        "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}}}]}
+                }))
+                .unwrap();
+                pods.create(&PostParams::default(), &pod).await.unwrap();
+            }
+        };
+        use futures::StreamExt;
+        futures::stream::iter(0..500)
+            .map(create)
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        // Swap while pods are still being created and scheduled.
+        let swap = tokio::task::spawn_blocking({
+            let kubectl = cluster.kubectl();
+            move || {
+                plugin(
+                    &kubectl,
+                    "lane",
+                    "probe",
+                    "  config: {requireLabel: pool=new}\n",
+                );
+                ready(&kubectl, "lane", 2);
+            }
+        });
+        futures::stream::iter(500..800)
+            .map(create)
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        swap.await.unwrap();
+        // Everything created from here on is decided by the new version.
+        futures::stream::iter(800..1000)
+            .map(create)
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        800
+    });
+
+    let pool_of: HashMap<String, &str> = specs
+        .iter()
+        .map(|(n, p, _)| ((*n).to_owned(), *p))
+        .collect();
+    let bound = eventually(Duration::from_secs(120), || {
+        let out = kubectl.ok(&[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.spec.nodeName}{\"\\n\"}{end}",
+        ]);
+        let placed: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(_, n)| !n.is_empty())
+            .map(|(p, n)| (p.to_owned(), n.to_owned()))
+            .collect();
+        (placed.len() == 1000).then_some(placed)
+    })
+    .expect("all 1000 pods bound");
+    for (pod, node) in &bound {
+        let i: usize = pod.trim_start_matches("load-").parse().unwrap();
+        if i >= swapped_at {
+            assert_eq!(
+                pool_of[node], "new",
+                "{pod} was created after the swap but went to {node}"
+            );
+        }
+    }
+    // Exactly one successful binding per pod: one Scheduled event each.
+    let scheduled = || {
+        runtime.block_on(async {
+            let client = client(&cluster).await;
+            let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+                kube::Api::namespaced(client, "default");
+            let list = events
+                .list(&ListParams::default().fields("reason=Scheduled"))
+                .await
+                .unwrap();
+            let mut per_pod: HashMap<String, usize> = HashMap::new();
+            for e in list.items {
+                *per_pod
+                    .entry(e.involved_object.name.unwrap_or_default())
+                    .or_default() += 1;
+            }
+            per_pod
+        })
+    };
+    let per_pod = eventually(Duration::from_secs(60), || {
+        let per_pod = scheduled();
+        (per_pod.len() == 1000).then_some(per_pod)
+    })
+    .expect("a Scheduled event for every pod");
+    // Events written after the count was reached would show a second binding.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(scheduled(), per_pod);
+    assert!(per_pod.values().all(|n| *n == 1), "a pod was bound twice");
+}
