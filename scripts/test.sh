@@ -12,7 +12,8 @@ command -v kubectl >/dev/null || { echo "kubectl (v1.32) is required at /usr/bin
 # The plugins (default, example and test components) are built to wasm32-wasip2, in release
 # so they are small; the plugin host's tests and the end-to-end tests load them.
 rustup target add wasm32-wasip2
-cargo build --locked --release --manifest-path plugins/Cargo.toml
+# From inside plugins/, so its .cargo/config.toml (target wasm32-wasip2, shared target/) applies.
+(cd plugins && cargo build --locked --release)
 
 # The end-to-end tests drive the real binary.
 cargo build --locked -p skiff

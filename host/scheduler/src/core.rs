@@ -433,81 +433,76 @@ impl Core {
     }
 }
 
+/// How a watched kind becomes messages for the scheduling thread.
+struct Feed<K> {
+    what: &'static str,
+    apply: fn(K) -> Msg,
+    delete: fn(K) -> Msg,
+    /// The key relists compare by (uid for pods, name for nodes).
+    key: fn(&K) -> String,
+    listed: fn(HashSet<String>) -> Msg,
+}
+
+/// Watches one kind and feeds the scheduling thread, until the thread is gone.
+async fn feed<K>(api: kube::Api<K>, tx: Sender<Msg>, feed: Feed<K>)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut seen = HashSet::new();
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    while let Some(event) = stream.next().await {
+        let sent = match event {
+            Ok(watcher::Event::Apply(obj)) => tx.send((feed.apply)(obj)),
+            Ok(watcher::Event::Delete(obj)) => tx.send((feed.delete)(obj)),
+            Ok(watcher::Event::Init) => {
+                seen.clear();
+                Ok(())
+            }
+            Ok(watcher::Event::InitApply(obj)) => {
+                seen.insert((feed.key)(&obj));
+                tx.send((feed.apply)(obj))
+            }
+            Ok(watcher::Event::InitDone) => tx.send((feed.listed)(std::mem::take(&mut seen))),
+            Err(e) => {
+                warn!(
+                    watch.kind = feed.what,
+                    error = &e as &dyn std::error::Error,
+                    "watch failed; retrying"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(())
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
 /// Watches pods and nodes and feeds the scheduling thread, until cancelled.
 pub(crate) async fn informers(client: kube::Client, tx: Sender<Msg>, shutdown: CancellationToken) {
-    let pods = {
-        let tx = tx.clone();
-        let api: kube::Api<core::Pod> = kube::Api::all(client.clone());
-        async move {
-            let mut seen = HashSet::new();
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
-            while let Some(event) = stream.next().await {
-                let sent = match event {
-                    Ok(watcher::Event::Apply(pod)) => tx.send(Msg::Pod(Arc::new(pod))),
-                    Ok(watcher::Event::Delete(pod)) => tx.send(Msg::PodDeleted(Arc::new(pod))),
-                    Ok(watcher::Event::Init) => {
-                        seen.clear();
-                        Ok(())
-                    }
-                    Ok(watcher::Event::InitApply(pod)) => {
-                        seen.insert(pod.metadata.uid.clone().unwrap_or_default());
-                        tx.send(Msg::Pod(Arc::new(pod)))
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        tx.send(Msg::PodsListed(std::mem::take(&mut seen)))
-                    }
-                    Err(e) => {
-                        warn!(
-                            error = &e as &dyn std::error::Error,
-                            "pod watch failed; retrying"
-                        );
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        Ok(())
-                    }
-                };
-                if sent.is_err() {
-                    return;
-                }
-            }
-        }
-    };
-    let nodes = {
-        let api: kube::Api<core::Node> = kube::Api::all(client);
-        async move {
-            let mut seen = HashSet::new();
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
-            while let Some(event) = stream.next().await {
-                let sent = match event {
-                    Ok(watcher::Event::Apply(node)) => tx.send(Msg::Node(Arc::new(node))),
-                    Ok(watcher::Event::Delete(node)) => {
-                        tx.send(Msg::NodeDeleted(node.metadata.name.unwrap_or_default()))
-                    }
-                    Ok(watcher::Event::Init) => {
-                        seen.clear();
-                        Ok(())
-                    }
-                    Ok(watcher::Event::InitApply(node)) => {
-                        seen.insert(node.metadata.name.clone().unwrap_or_default());
-                        tx.send(Msg::Node(Arc::new(node)))
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        tx.send(Msg::NodesListed(std::mem::take(&mut seen)))
-                    }
-                    Err(e) => {
-                        warn!(
-                            error = &e as &dyn std::error::Error,
-                            "node watch failed; retrying"
-                        );
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        Ok(())
-                    }
-                };
-                if sent.is_err() {
-                    return;
-                }
-            }
-        }
-    };
+    let pods = feed(
+        kube::Api::<core::Pod>::all(client.clone()),
+        tx.clone(),
+        Feed {
+            what: "pods",
+            apply: |p| Msg::Pod(Arc::new(p)),
+            delete: |p| Msg::PodDeleted(Arc::new(p)),
+            key: |p| p.metadata.uid.clone().unwrap_or_default(),
+            listed: Msg::PodsListed,
+        },
+    );
+    let nodes = feed(
+        kube::Api::<core::Node>::all(client),
+        tx,
+        Feed {
+            what: "nodes",
+            apply: |n| Msg::Node(Arc::new(n)),
+            delete: |n| Msg::NodeDeleted(n.metadata.name.unwrap_or_default()),
+            key: |n| n.metadata.name.clone().unwrap_or_default(),
+            listed: Msg::NodesListed,
+        },
+    );
     tokio::select! {
         _ = pods => {}
         _ = nodes => {}

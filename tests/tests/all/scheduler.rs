@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::client;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
@@ -317,14 +318,6 @@ fn sandbox_faults_are_reported_and_scheduling_goes_on_under_the_failure_policy()
             .contains("refused its configuration"),
         "{s}"
     );
-}
-
-async fn client(cluster: &TestCluster) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
 }
 
 #[test]
