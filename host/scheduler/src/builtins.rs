@@ -39,16 +39,11 @@ pub fn defaults() -> Vec<(Box<dyn Plugin>, i64)> {
 }
 
 /// The names of the built-ins, for configuration checks.
-pub fn names() -> Vec<&'static str> {
-    vec![
-        "NodeUnschedulable",
-        "NodeName",
-        "TaintToleration",
-        "NodeAffinity",
-        "NodePorts",
-        "NodeResourcesFit",
-        "NodeResourcesBalancedAllocation",
-    ]
+pub fn names() -> Vec<String> {
+    defaults()
+        .iter()
+        .map(|(plugin, _)| plugin.name().to_owned())
+        .collect()
 }
 
 /// `spec.nodeName` set by the user: only that node fits.

@@ -66,7 +66,7 @@ pub(crate) fn profiles(config: &Config) -> Result<HashMap<String, Profile>, Erro
     let mut out = HashMap::new();
     for p in &config.profiles {
         for name in p.disabled.iter().chain(p.weights.keys()) {
-            if !known.contains(&name.as_str()) {
+            if !known.contains(name) {
                 return Err(Error::UnknownPlugin {
                     profile: p.scheduler_name.clone(),
                     plugin: name.clone(),

@@ -86,11 +86,6 @@ impl Queue {
         self.entries.remove(uid);
     }
 
-    /// Whether the pod is queued (in any state).
-    pub fn contains(&self, uid: &str) -> bool {
-        self.entries.contains_key(uid)
-    }
-
     /// The next pod to schedule, if one is ready now.
     pub fn pop(&mut self, now: Instant) -> Option<Arc<PodInfo>> {
         while let Some(Reverse((until, _))) = self.backoff.peek() {
@@ -184,15 +179,5 @@ impl Queue {
     /// When the next backed-off pod is due.
     pub fn next_due(&self) -> Option<Instant> {
         self.backoff.peek().map(|Reverse((t, _))| *t)
-    }
-
-    /// How many pods are queued, in flight or parked.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }

@@ -62,6 +62,12 @@ fn node_of(kubectl: &Kubectl, pod: &str) -> Option<String> {
     (!n.trim().is_empty()).then(|| n.trim().to_owned())
 }
 
+/// Waits for the pod to be bound and returns its node.
+fn bound_node(kubectl: &Kubectl, pod: &str, timeout_secs: u64) -> String {
+    eventually(Duration::from_secs(timeout_secs), || node_of(kubectl, pod))
+        .unwrap_or_else(|| panic!("pod {pod} was not bound within {timeout_secs} s"))
+}
+
 fn run_pod(kubectl: &Kubectl, name: &str, overrides: &str) {
     let mut args = vec!["run", name, "--image=busybox", "--restart=Never"];
     let o = format!("--overrides={overrides}");
@@ -104,7 +110,7 @@ fn built_in_plugins_place_pods_and_explain_failures() {
     );
     // nodeSelector and resources: only n1 is free of taints and cordons.
     run_pod(&kubectl, "plain", "");
-    let node = eventually(Duration::from_secs(15), || node_of(&kubectl, "plain")).unwrap();
+    let node = bound_node(&kubectl, "plain", 15);
     assert_eq!(node, "n1");
     let scheduled = event_message(&kubectl, "plain", "Scheduled").unwrap();
     assert_eq!(scheduled, "Successfully assigned default/plain to n1");
@@ -115,10 +121,7 @@ fn built_in_plugins_place_pods_and_explain_failures() {
         "tolerant",
         r#"{"spec":{"nodeSelector":{"pool":"b"},"tolerations":[{"key":"dedicated","operator":"Equal","value":"gpu","effect":"NoSchedule"}]}}"#,
     );
-    assert_eq!(
-        eventually(Duration::from_secs(15), || node_of(&kubectl, "tolerant")).unwrap(),
-        "n2"
-    );
+    assert_eq!(bound_node(&kubectl, "tolerant", 15), "n2");
 
     // Too big for any node: the message counts nodes per reason, as kube-scheduler does.
     run_pod(
@@ -145,10 +148,7 @@ fn built_in_plugins_place_pods_and_explain_failures() {
         "apiVersion: v1\nkind: Node\nmetadata:\n  name: n4\nstatus:\n  allocatable: {cpu: '16', memory: 8Gi, pods: '110'}\n",
         &[],
     );
-    assert_eq!(
-        eventually(Duration::from_secs(30), || node_of(&kubectl, "huge")).unwrap(),
-        "n4"
-    );
+    assert_eq!(bound_node(&kubectl, "huge", 30), "n4");
 }
 
 #[test]
@@ -174,11 +174,7 @@ fn a_wasm_plugin_changes_where_pods_land_and_is_swapped_and_unloaded_live() {
         run_pod(&kubectl, &format!("p{i}"), "");
     }
     for i in 0..4 {
-        let node = eventually(Duration::from_secs(15), || {
-            node_of(&kubectl, &format!("p{i}"))
-        })
-        .unwrap();
-        assert_eq!(node, "n2", "pod p{i}");
+        assert_eq!(bound_node(&kubectl, &format!("p{i}"), 15), "n2", "pod p{i}");
     }
     // The plugin's own reason shows up in FailedScheduling.
     run_pod(
@@ -213,10 +209,7 @@ fn a_wasm_plugin_changes_where_pods_land_and_is_swapped_and_unloaded_live() {
     );
     event_message(&kubectl, "pool", "FailedLoad").unwrap();
     run_pod(&kubectl, "still-b", "");
-    assert_eq!(
-        eventually(Duration::from_secs(15), || node_of(&kubectl, "still-b")).unwrap(),
-        "n2"
-    );
+    assert_eq!(bound_node(&kubectl, "still-b", 15), "n2");
 
     // A new version (here: new config) takes over; the parked pod now fits.
     plugin(
@@ -226,10 +219,7 @@ fn a_wasm_plugin_changes_where_pods_land_and_is_swapped_and_unloaded_live() {
         "  config: {requireLabel: pool=a}\n",
     );
     ready(&kubectl, "pool", 3);
-    assert_eq!(
-        eventually(Duration::from_secs(30), || node_of(&kubectl, "elsewhere")).unwrap(),
-        "n1"
-    );
+    assert_eq!(bound_node(&kubectl, "elsewhere", 30), "n1");
     // Deleting the Plugin unloads it: pods go anywhere again.
     kubectl.ok(&["delete", "plugin", "pool"]);
     run_pod(
@@ -237,10 +227,7 @@ fn a_wasm_plugin_changes_where_pods_land_and_is_swapped_and_unloaded_live() {
         "free",
         r#"{"spec":{"nodeSelector":{"pool":"c"}}}"#,
     );
-    assert_eq!(
-        eventually(Duration::from_secs(15), || node_of(&kubectl, "free")).unwrap(),
-        "n3"
-    );
+    assert_eq!(bound_node(&kubectl, "free", 15), "n3");
 }
 
 #[test]
@@ -258,7 +245,7 @@ fn sandbox_faults_are_reported_and_scheduling_goes_on_under_the_failure_policy()
     );
     ready(&kubectl, "spinner", 1);
     run_pod(&kubectl, "survivor", "");
-    eventually(Duration::from_secs(15), || node_of(&kubectl, "survivor")).unwrap();
+    bound_node(&kubectl, "survivor", 15);
     let s = eventually(Duration::from_secs(15), || {
         let s = status(&kubectl, "spinner");
         s["lastError"].is_string().then_some(s)
@@ -284,7 +271,7 @@ fn sandbox_faults_are_reported_and_scheduling_goes_on_under_the_failure_policy()
     );
     ready(&kubectl, "hog", 1);
     run_pod(&kubectl, "after-hog", "");
-    eventually(Duration::from_secs(15), || node_of(&kubectl, "after-hog")).unwrap();
+    bound_node(&kubectl, "after-hog", 15);
     event_message(&kubectl, "hog", "PluginMemoryLimit").unwrap();
     kubectl.ok(&["delete", "plugin", "hog"]);
 
@@ -301,7 +288,7 @@ fn sandbox_faults_are_reported_and_scheduling_goes_on_under_the_failure_policy()
     event_message(&kubectl, "crasher", "PluginFailed").unwrap();
     assert_eq!(node_of(&kubectl, "blocked"), None);
     kubectl.ok(&["delete", "plugin", "crasher"]);
-    eventually(Duration::from_secs(30), || node_of(&kubectl, "blocked")).unwrap();
+    bound_node(&kubectl, "blocked", 30);
 
     // A config the plugin refuses is a load failure, not a crash.
     plugin(
