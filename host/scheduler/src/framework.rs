@@ -297,6 +297,8 @@ impl Profile {
         let active = self.active();
         let mut skip = vec![false; self.entries.len()];
         let mut only: Option<Vec<u32>> = None;
+        // Which plugins restricted the nodes, for the message about the ones they excluded.
+        let mut restricted_by: Vec<String> = Vec::new();
         for &i in &active {
             let e = &mut self.entries[i];
             if !e.plugin.filters() {
@@ -310,6 +312,7 @@ impl Profile {
                 PreFilter::Proceed => {}
                 PreFilter::Skip => skip[i] = true,
                 PreFilter::Only(slots) => {
+                    restricted_by.push(e.plugin.name().to_owned());
                     only = Some(match only {
                         None => slots,
                         Some(prev) => prev.into_iter().filter(|s| slots.contains(s)).collect(),
@@ -337,15 +340,10 @@ impl Profile {
         let mut reasons: BTreeMap<Arc<str>, usize> = BTreeMap::new();
         // With a pre-filter restriction, the nodes it excluded count as rejected.
         if only.is_some() && universe.len() < all {
-            let first = self
-                .entries
-                .iter()
-                .find(|e| e.plugin.filters())
-                .map(|e| e.plugin.name().to_owned())
-                .unwrap_or_default();
             *reasons
                 .entry(Arc::from(format!(
-                    "node(s) didn't satisfy plugin(s) [{first}]"
+                    "node(s) didn't satisfy plugin(s) [{}]",
+                    restricted_by.join(", ")
                 )))
                 .or_default() += all - universe.len();
         }
