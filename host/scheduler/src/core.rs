@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
 use crate::framework::{CycleError, Entry, Profile};
+use crate::metrics::{Metrics, Outcome};
 use crate::model::{NodeInfo, PodInfo};
 use crate::report::Reporter;
 use crate::wasm::{WasmPlugin, WasmSpec};
@@ -30,6 +31,8 @@ pub(crate) enum Msg {
     Node(Arc<core::Node>),
     NodeDeleted(String),
     NodesListed(HashSet<String>),
+    /// The Plugin objects listed at start are loaded (or refused).
+    PluginsListed,
     /// Load a Wasm plugin (replacing one of the same name); the reply says whether it
     /// took over.
     Install(Box<Install>),
@@ -104,17 +107,22 @@ pub(crate) struct Core {
     bindings: Arc<Semaphore>,
     /// Known pods (bound or pending), by uid, for relists.
     pods: HashMap<String, Arc<PodInfo>>,
+    metrics: Metrics,
+    /// What has not finished its first listing. No pod is scheduled before the cache holds
+    /// the whole cluster and the plugins that existed at start serve: a restart must not
+    /// place pods without the filters their tenants loaded.
+    unsynced: HashSet<&'static str>,
 }
 
 impl Core {
     pub(crate) fn spawn(
         profiles: HashMap<String, Profile>,
-        tx: Sender<Msg>,
-        rx: Receiver<Msg>,
+        (tx, rx): (Sender<Msg>, Receiver<Msg>),
         reporter: Reporter,
         client: kube::Client,
         runtime: tokio::runtime::Handle,
         parallel_bindings: usize,
+        metrics: Metrics,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let mut core = Core {
             profiles,
@@ -128,6 +136,8 @@ impl Core {
             runtime,
             bindings: Arc::new(Semaphore::new(parallel_bindings.max(1))),
             pods: HashMap::new(),
+            metrics,
+            unsynced: ["pods", "nodes", "plugins"].into(),
         };
         std::thread::Builder::new()
             .name("scheduler".into())
@@ -150,7 +160,9 @@ impl Core {
                 self.queue.flush_stale(now);
                 last_flush = now;
             }
-            if let Some(pod) = self.queue.pop(now) {
+            if self.unsynced.is_empty()
+                && let Some(pod) = self.queue.pop(now)
+            {
                 self.schedule_one(pod);
                 continue;
             }
@@ -164,6 +176,16 @@ impl Core {
                 Ok(msg) => self.handle(msg),
                 Err(RecvTimeoutError::Timeout) => {}
             }
+        }
+    }
+
+    fn synced(&mut self, what: &'static str) {
+        if self.unsynced.remove(what) && self.unsynced.is_empty() {
+            info!(
+                nodes = self.cache.nodes().count(),
+                pending = self.queue.len(),
+                "caches synced; scheduling"
+            );
         }
     }
 
@@ -182,6 +204,7 @@ impl Core {
                 self.forget_pod(&uid, now);
             }
             Msg::PodsListed(seen) => {
+                self.synced("pods");
                 let gone: Vec<String> = self
                     .pods
                     .keys()
@@ -203,6 +226,7 @@ impl Core {
                 }
             }
             Msg::NodesListed(seen) => {
+                self.synced("nodes");
                 let gone: Vec<String> = self
                     .cache
                     .nodes()
@@ -215,6 +239,7 @@ impl Core {
                     }
                 }
             }
+            Msg::PluginsListed => self.synced("plugins"),
             Msg::Install(install) => {
                 let Install {
                     spec,
@@ -285,6 +310,7 @@ impl Core {
                 p.entries.retain(|e| !(e.wasm && e.plugin.name() == name));
             }
         }
+        let created = !self.profiles.contains_key(profile);
         let target = self.profiles.entry(profile.to_owned()).or_insert_with(|| {
             let mut p = Profile::new(profile);
             for (plugin, weight) in builtins::defaults() {
@@ -313,6 +339,19 @@ impl Core {
             None => target.entries.push(entry),
         }
         info!(plugin.name = %name, profile, "plugin loaded");
+        if created {
+            // Pods naming this scheduler were waiting for a profile to exist.
+            let waiting: Vec<Arc<PodInfo>> = self
+                .pods
+                .values()
+                .filter(|p| p.scheduler_name == profile && p.node_name().is_none())
+                .filter(|p| !p.is_terminating() && !self.cache.is_placed(&p.uid))
+                .cloned()
+                .collect();
+            for pod in waiting {
+                self.queue.add_or_update(pod);
+            }
+        }
         Ok(())
     }
 
@@ -374,9 +413,17 @@ impl Core {
                 if let Some(change) = self.cache.place(pod.clone(), &node, true) {
                     self.observe(change);
                 }
+                self.metrics
+                    .attempt(&pod.scheduler_name, Outcome::Scheduled, started.elapsed());
                 self.bind(pod, node, decision.slot);
             }
             Err(e) => {
+                let outcome = match e {
+                    CycleError::Unschedulable { .. } => Outcome::Unschedulable,
+                    CycleError::Plugin(_) | CycleError::Reserve { .. } => Outcome::Error,
+                };
+                self.metrics
+                    .attempt(&pod.scheduler_name, outcome, started.elapsed());
                 let message = e.message();
                 debug!(pod.key = %pod.key, %message, "not scheduled");
                 self.reporter.failed(&pod, &message);

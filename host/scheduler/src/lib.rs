@@ -17,7 +17,7 @@
 //! use std::sync::Arc;
 //! let host = Arc::new(skiff_plugin_host::Host::new(Default::default()).unwrap());
 //! let shutdown = tokio_util::sync::CancellationToken::new();
-//! skiff_scheduler::run(client, skiff_scheduler::Config::default(), host, shutdown).await
+//! skiff_scheduler::run(client, Default::default(), host, Default::default(), shutdown).await
 //! # }
 //! ```
 
@@ -25,6 +25,7 @@ pub mod builtins;
 pub mod cache;
 mod core;
 pub mod framework;
+mod metrics;
 pub mod model;
 pub mod plugins;
 pub mod queue;
@@ -34,6 +35,7 @@ pub mod wasm;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use metrics::Metrics;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -95,11 +97,13 @@ pub enum Error {
     Thread(#[source] std::io::Error),
 }
 
-/// Runs the scheduler until `shutdown` is cancelled.
+/// Runs the scheduler until `shutdown` is cancelled. Pods are scheduled once pods, nodes
+/// and Plugin objects have been listed and the listed plugins loaded.
 pub async fn run(
     client: kube::Client,
     config: Config,
     host: Arc<skiff_plugin_host::Host>,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let profiles = core::profiles(&config)?;
@@ -108,12 +112,12 @@ pub async fn run(
     let runtime = tokio::runtime::Handle::current();
     let thread = core::Core::spawn(
         profiles,
-        tx.clone(),
-        rx,
+        (tx.clone(), rx),
         reporter.clone(),
         client.clone(),
         runtime,
         config.parallel_bindings,
+        metrics,
     )
     .map_err(Error::Thread)?;
     let informers = tokio::spawn(core::informers(

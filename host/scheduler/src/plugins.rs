@@ -191,6 +191,8 @@ pub(crate) async fn manage(
                 }
                 Ok(watcher::Event::Init) => listed.clear(),
                 Ok(watcher::Event::InitDone) => {
+                    // Every listed plugin has been applied (loaded or refused) by now.
+                    let _ = tx.send(Msg::PluginsListed);
                     let gone: Vec<String> = state
                         .seen
                         .keys()

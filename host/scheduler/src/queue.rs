@@ -54,6 +54,16 @@ impl Queue {
         }
     }
 
+    /// Pods waiting or in flight.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no pod is waiting or in flight.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Adds a pending pod, or updates it (an update of a parked pod makes it active: its
     /// spec may now fit).
     pub fn add_or_update(&mut self, pod: Arc<PodInfo>) {

@@ -6,6 +6,10 @@
 //! own connection, one request at a time), the latency of listing 10,000 pods, watch event
 //! delivery latency to 100 watchers (from sending the create to receiving the event), cold
 //! start to a ready `/readyz`, and the server's resident memory when idle.
+//!
+//! `skiff bench scheduler` is in [`scheduler`].
+
+mod scheduler;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,6 +37,8 @@ pub struct Args {
 enum What {
     /// The API server: writes, lists, watches, start-up and memory.
     Api(ApiArgs),
+    /// The scheduler: pods/s and cycle latency with simulated nodes; plugin load time.
+    Scheduler(scheduler::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -73,6 +79,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             api(a).await
         }
+        What::Scheduler(a) => scheduler::run(a).await,
     }
 }
 
@@ -81,7 +88,9 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// Flags beyond the port and data directory.
+    flags: Vec<String>,
 }
 
 impl Drop for Server {
@@ -94,15 +103,17 @@ impl Drop for Server {
 impl Server {
     /// Starts a server on a fresh data directory; returns it and the time from spawning the
     /// process to the first ready `/readyz`.
-    async fn start() -> anyhow::Result<(Server, Duration)> {
+    async fn start(flags: &[&str]) -> anyhow::Result<(Server, Duration)> {
         let dir = tempfile::tempdir()?;
-        let (child, addr, tls, elapsed) = spawn(dir.path()).await?;
+        let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        let (child, addr, tls, elapsed) = spawn(dir.path(), &flags).await?;
         Ok((
             Server {
                 child,
                 addr,
                 tls,
-                _dir: dir,
+                dir,
+                flags,
             },
             elapsed,
         ))
@@ -113,7 +124,7 @@ impl Server {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status()?;
         self.child.wait()?;
-        let (child, addr, tls, elapsed) = spawn(self._dir.path()).await?;
+        let (child, addr, tls, elapsed) = spawn(self.dir.path(), &self.flags).await?;
         self.child = child;
         self.addr = addr;
         self.tls = tls;
@@ -138,6 +149,7 @@ impl Server {
 
 async fn spawn(
     dir: &Path,
+    flags: &[String],
 ) -> anyhow::Result<(Child, SocketAddr, Arc<rustls::ClientConfig>, Duration)> {
     // A free port, found by binding and releasing it, so the timing includes nothing but
     // the server's own start-up.
@@ -149,6 +161,7 @@ async fn spawn(
     let child = Command::new(std::env::current_exe()?)
         .args(["server", "--port", &port.to_string(), "--data-dir"])
         .arg(dir)
+        .args(flags)
         .env("SKIFF_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -260,6 +273,23 @@ async fn create_pods(
     clients: usize,
     per_client: usize,
 ) -> anyhow::Result<f64> {
+    let path = format!("/api/v1/namespaces/{namespace}/pods");
+    post_many(server, &path, clients, per_client, |c, i| {
+        pod(&format!("p-{c}-{i}"))
+    })
+    .await
+}
+
+/// Posts `per_client` objects made by `make(client, i)` to `path` from each of `clients`
+/// connections, one request at a time per connection; returns the rate.
+async fn post_many(
+    server: &Server,
+    path: &str,
+    clients: usize,
+    per_client: usize,
+    make: impl Fn(usize, usize) -> Vec<u8> + Send + Sync + 'static,
+) -> anyhow::Result<f64> {
+    let make = Arc::new(make);
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
         conns.push(server.connect().await?);
@@ -269,17 +299,12 @@ async fn create_pods(
         .into_iter()
         .enumerate()
         .map(|(c, mut conn)| {
-            let namespace = namespace.to_owned();
+            let path = path.to_owned();
+            let make = make.clone();
             tokio::spawn(async move {
-                let path = format!("/api/v1/namespaces/{namespace}/pods");
                 for i in 0..per_client {
-                    let (status, text) = send(
-                        &mut conn,
-                        Method::POST,
-                        &path,
-                        Some(pod(&format!("p-{c}-{i}"))),
-                    )
-                    .await?;
+                    let (status, text) =
+                        send(&mut conn, Method::POST, &path, Some(make(c, i))).await?;
                     if status != StatusCode::CREATED {
                         bail!("create: {status} {}", String::from_utf8_lossy(&text));
                     }
@@ -356,7 +381,7 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let mut rows: Vec<(String, String, &str)> = Vec::new();
 
     // Cold start and idle memory, on a fresh server.
-    let (mut server, first_start) = Server::start().await?;
+    let (mut server, first_start) = Server::start(&[]).await?;
     rows.push((
         "cold start to /readyz (first start: certificates, bootstrap)".into(),
         ms(first_start),
@@ -479,10 +504,17 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
         "p99 < 10 ms",
     ));
 
+    print_table("skiff bench api", &rows);
+    Ok(())
+}
+
+/// Prints `(measurement, result, target)` rows as a Markdown table under a title line that
+/// says how the binary was built.
+fn print_table(title: &str, rows: &[(String, String, &str)]) {
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
-    let vwidth = rows.iter().map(|r| r.1.len()).max().unwrap_or(10);
+    let vwidth = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(10);
     println!(
-        "skiff bench api ({} build, {} CPUs)",
+        "{title} ({} build, {} CPUs)",
         if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -502,5 +534,4 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     for (name, value, target) in rows {
         println!("| {name:width$} | {value:>vwidth$} | {target} |");
     }
-    Ok(())
 }

@@ -49,26 +49,28 @@ pub async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     kube::Client::try_from(config).context("making the API client")
 }
 
-/// The plugin host, its metrics registered in `registry`.
-pub fn plugin_host(
+/// The plugin host and the scheduler's metrics, both registered in `registry`.
+pub fn parts(
     cache: &Path,
     registry: &Mutex<Registry>,
-) -> anyhow::Result<Arc<skiff_plugin_host::Host>> {
+) -> anyhow::Result<(Arc<skiff_plugin_host::Host>, skiff_scheduler::Metrics)> {
     let host = skiff_plugin_host::Host::new(skiff_plugin_host::Config {
         cache_dir: Some(cache.to_owned()),
         ..Default::default()
     })
     .context("starting the plugin host")?;
-    host.metrics()
-        .register(&mut registry.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok(Arc::new(host))
+    let metrics = skiff_scheduler::Metrics::default();
+    let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+    host.metrics().register(&mut registry);
+    metrics.register(&mut registry);
+    Ok((Arc::new(host), metrics))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = config(&args.flags)?;
     let client = client(&args.kubeconfig).await?;
     let registry = Mutex::new(Registry::default());
-    let host = plugin_host(&args.plugin_cache, &registry)?;
+    let (host, metrics) = parts(&args.plugin_cache, &registry)?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -76,7 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stop.cancel();
     });
     tracing::info!("skiff scheduler running");
-    skiff_scheduler::run(client, config, host, shutdown)
+    skiff_scheduler::run(client, config, host, metrics, shutdown)
         .await
         .context("the scheduler failed")
 }

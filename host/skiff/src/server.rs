@@ -126,13 +126,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None
     } else {
         // Plugins compile lazily; the engine itself is cheap to make.
-        let host =
-            crate::scheduler::plugin_host(&args.data_dir.join("plugin-cache"), &extra_metrics)?;
+        let (host, metrics) =
+            crate::scheduler::parts(&args.data_dir.join("plugin-cache"), &extra_metrics)?;
         let client = crate::scheduler::client(&kubeconfig).await?;
         Some(tokio::spawn(skiff_scheduler::run(
             client,
             scheduler_config,
             host,
+            metrics,
             shutdown.clone(),
         )))
     };
