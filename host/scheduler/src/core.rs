@@ -182,7 +182,7 @@ impl Core {
     fn synced(&mut self, what: &'static str) {
         if self.unsynced.remove(what) && self.unsynced.is_empty() {
             info!(
-                nodes = self.cache.nodes().count(),
+                nodes = self.cache.len(),
                 pending = self.queue.len(),
                 "caches synced; scheduling"
             );
@@ -340,16 +340,17 @@ impl Core {
         }
         info!(plugin.name = %name, profile, "plugin loaded");
         if created {
-            // Pods naming this scheduler were waiting for a profile to exist.
+            // Pods naming this scheduler were waiting for a profile to exist; `pod` decides
+            // which of them are pending.
             let waiting: Vec<Arc<PodInfo>> = self
                 .pods
                 .values()
-                .filter(|p| p.scheduler_name == profile && p.node_name().is_none())
-                .filter(|p| !p.is_terminating() && !self.cache.is_placed(&p.uid))
+                .filter(|p| p.scheduler_name == profile)
                 .cloned()
                 .collect();
+            let now = Instant::now();
             for pod in waiting {
-                self.queue.add_or_update(pod);
+                self.pod(pod, now);
             }
         }
         Ok(())

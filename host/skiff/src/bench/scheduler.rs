@@ -208,12 +208,18 @@ fn load_times(path: &Path) -> anyhow::Result<(Duration, Duration, Duration)> {
     Ok((cold, disk, memory))
 }
 
+/// How `count` creates are shared among at most 32 clients: (clients, creates each). The
+/// total is rounded up to a multiple of the clients.
+fn split(count: usize) -> (usize, usize) {
+    let clients = 32.min(count).max(1);
+    (clients, count.div_ceil(clients))
+}
+
 /// Creates `count` simulated nodes (rounded up to a multiple of the 32 clients making them):
 /// 32 CPUs, 128 GiB, 110 pods, three zones, every tenth tainted `dedicated=infra:NoSchedule`.
 /// Returns how many it made.
 async fn make_nodes(server: &Server, count: usize) -> anyhow::Result<usize> {
-    let clients = 32.min(count);
-    let per_client = count.div_ceil(clients);
+    let (clients, per_client) = split(count);
     post_many(server, "/api/v1/nodes", clients, per_client, move |c, i| {
         let n = c * per_client + i;
         let name = format!("node-{n:05}");
@@ -283,8 +289,7 @@ async fn scenario_run(
         names.push(name);
     }
 
-    let clients = 32.min(pods);
-    let per_client = pods.div_ceil(clients);
+    let (clients, per_client) = split(pods);
     let total = clients * per_client;
     post_many(
         server,
