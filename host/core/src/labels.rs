@@ -47,10 +47,8 @@ pub struct Requirement {
 }
 
 impl Requirement {
-    fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
-        let value = labels
-            .and_then(|l| l.get(&self.key))
-            .and_then(Value::as_str);
+    /// Whether the requirement holds for a label's value (`None`: the label is absent).
+    pub fn matches_value(&self, value: Option<&str>) -> bool {
         match (&self.op, value) {
             (Op::Exists, v) => v.is_some(),
             (Op::DoesNotExist, v) => v.is_none(),
@@ -97,7 +95,14 @@ impl Selector {
 
     /// Whether an object's `metadata.labels` satisfy the selector.
     pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
-        self.requirements.iter().all(|r| r.matches(labels))
+        self.matches_with(|key| labels?.get(key)?.as_str())
+    }
+
+    /// Whether labels looked up by `get` satisfy the selector (for typed label maps).
+    pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.requirements
+            .iter()
+            .all(|r| r.matches_value(get(&r.key)))
     }
 
     /// Whether an object (with `metadata.labels`) satisfies the selector.

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1 as core;
 use crate::cache::NodeState;
 use crate::framework::{MAX_NODE_SCORE, Plugin, Rejection, default_normalize};
 use crate::model::PodInfo;
+pub use crate::topology::{InterPodAffinity, PodTopologySpread};
 use skiff_plugin_host::PluginError;
 
 fn reason(s: &str) -> Arc<str> {
@@ -34,6 +35,8 @@ pub fn defaults() -> Vec<(Box<dyn Plugin>, i64)> {
         (Box::new(NodeAffinity), 2),
         (Box::new(NodePorts), 0),
         (Box::new(NodeResourcesFit), 1),
+        (Box::new(PodTopologySpread::default()), 2),
+        (Box::new(InterPodAffinity::default()), 2),
         (Box::new(NodeResourcesBalancedAllocation), 1),
     ]
 }
@@ -109,6 +112,17 @@ pub fn tolerates(t: &skiff_plugin_host::Toleration, taint: &skiff_plugin_host::T
     t.key == taint.key && (t.exists || t.value == taint.value)
 }
 
+/// The first NoSchedule or NoExecute taint of the node that the pod doesn't tolerate.
+pub fn untolerated_taint<'a>(
+    pod: &PodInfo,
+    node: &'a NodeState,
+) -> Option<&'a skiff_plugin_host::Taint> {
+    node.info.wasm.taints.iter().find(|taint| {
+        taint.effect != skiff_plugin_host::TaintEffect::PreferNoSchedule
+            && !pod.wasm.tolerations.iter().any(|t| tolerates(t, taint))
+    })
+}
+
 /// Taints: NoSchedule and NoExecute taints keep pods that don't tolerate them off; each
 /// untolerated PreferNoSchedule taint lowers the score.
 pub struct TaintToleration;
@@ -124,11 +138,7 @@ impl Plugin for TaintToleration {
         true
     }
     fn filter_node(&self, pod: &PodInfo, node: &NodeState) -> Option<Rejection> {
-        use skiff_plugin_host::TaintEffect;
-        let taint = node.info.wasm.taints.iter().find(|taint| {
-            taint.effect != TaintEffect::PreferNoSchedule
-                && !pod.wasm.tolerations.iter().any(|t| tolerates(t, taint))
-        })?;
+        let taint = untolerated_taint(pod, node)?;
         let message = format!(
             "node(s) had untolerated taint {{{}: {}}}",
             taint.key, taint.value
@@ -209,6 +219,26 @@ fn node_affinity(pod: &PodInfo) -> Option<&core::NodeAffinity> {
         .as_ref()
 }
 
+/// Whether the node satisfies the pod's `nodeSelector` and required node affinity.
+pub fn node_affinity_matches(pod: &PodInfo, node: &NodeState) -> bool {
+    let selector_ok = pod
+        .wasm
+        .node_selector
+        .iter()
+        .all(|(k, v)| node.info.label(k) == Some(v.as_str()));
+    selector_ok
+        && node_affinity(pod)
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .is_none_or(|req| {
+                req.node_selector_terms
+                    .iter()
+                    .any(|term| term_matches(term, node))
+            })
+}
+
 /// `nodeSelector` and node affinity: required terms filter, preferred terms score.
 pub struct NodeAffinity;
 
@@ -223,22 +253,7 @@ impl Plugin for NodeAffinity {
         true
     }
     fn filter_node(&self, pod: &PodInfo, node: &NodeState) -> Option<Rejection> {
-        let selector_ok = pod
-            .wasm
-            .node_selector
-            .iter()
-            .all(|(k, v)| node.info.label(k) == Some(v.as_str()));
-        let required_ok = node_affinity(pod)
-            .and_then(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            })
-            .is_none_or(|req| {
-                req.node_selector_terms
-                    .iter()
-                    .any(|term| term_matches(term, node))
-            });
-        (!(selector_ok && required_ok)).then(|| Rejection::new(&AFFINITY, true))
+        (!node_affinity_matches(pod, node)).then(|| Rejection::new(&AFFINITY, true))
     }
     fn score_node(&self, pod: &PodInfo, node: &NodeState) -> i64 {
         node_affinity(pod)
@@ -382,13 +397,13 @@ impl Plugin for NodeResourcesBalancedAllocation {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cache::Cache;
     use crate::framework::{CycleError, Entry, Profile};
     use crate::model::NodeInfo;
 
-    fn pod(spec: serde_json::Value) -> Arc<PodInfo> {
+    pub(crate) fn pod(spec: serde_json::Value) -> Arc<PodInfo> {
         let pod: core::Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "default", "uid": "u1"},
             "spec": spec,
@@ -397,7 +412,12 @@ mod tests {
         Arc::new(PodInfo::new(Arc::new(pod)))
     }
 
-    fn node(name: &str, labels: serde_json::Value, spec: serde_json::Value, cpu: &str) -> NodeInfo {
+    pub(crate) fn node(
+        name: &str,
+        labels: serde_json::Value,
+        spec: serde_json::Value,
+        cpu: &str,
+    ) -> NodeInfo {
         let node: core::Node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": labels},
             "spec": spec,
@@ -407,7 +427,7 @@ mod tests {
         NodeInfo::new(Arc::new(node))
     }
 
-    fn profile() -> Profile {
+    pub(crate) fn profile() -> Profile {
         let mut p = Profile::new("default-scheduler");
         for (plugin, weight) in defaults() {
             p.entries.push(Entry {
@@ -420,7 +440,7 @@ mod tests {
         p
     }
 
-    fn container(cpu: &str) -> serde_json::Value {
+    pub(crate) fn container(cpu: &str) -> serde_json::Value {
         serde_json::json!({"name": "c", "image": "x", "resources": {"requests": {"cpu": cpu}}})
     }
 

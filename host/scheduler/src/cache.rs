@@ -2,7 +2,7 @@
 //! their binding is in flight) and what they add up to. Fed by the informers; read by every
 //! plugin in the cycle.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::model::{HostPort, NodeInfo, PodInfo, Resources};
@@ -62,6 +62,11 @@ pub struct Cache {
     placed: HashMap<String, u32>,
     /// Placed pods whose binding is still in flight.
     assumed: HashMap<String, u32>,
+    /// Placed pods with inter-pod (anti-)affinity terms, by uid, so a pod without terms of
+    /// its own checks only these instead of every pod.
+    with_affinity: HashMap<String, (u32, Arc<PodInfo>)>,
+    /// Namespace labels by name, for affinity terms' namespace selectors.
+    namespaces: HashMap<String, BTreeMap<String, String>>,
 }
 
 impl Cache {
@@ -100,6 +105,31 @@ impl Cache {
     /// Whether there are no nodes.
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+
+    /// Placed pods with inter-pod (anti-)affinity terms, with their slots.
+    pub fn pods_with_affinity(&self) -> impl Iterator<Item = (u32, &Arc<PodInfo>)> + '_ {
+        self.with_affinity.values().map(|(slot, pod)| (*slot, pod))
+    }
+
+    /// The labels of a namespace (`None` if it is unknown).
+    pub fn namespace_labels(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces.get(name)
+    }
+
+    /// Adds or updates a namespace's labels.
+    pub fn upsert_namespace(&mut self, name: String, labels: BTreeMap<String, String>) {
+        self.namespaces.insert(name, labels);
+    }
+
+    /// Forgets a namespace.
+    pub fn remove_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
+    /// The names of the known namespaces.
+    pub fn namespace_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.namespaces.keys().map(String::as_str)
     }
 
     /// Whether the pod is placed (bound or assumed).
@@ -142,6 +172,7 @@ impl Cache {
             for uid in state.pods.keys() {
                 self.placed.remove(uid);
                 self.assumed.remove(uid);
+                self.with_affinity.remove(uid);
             }
         }
         self.free.push(slot);
@@ -156,6 +187,10 @@ impl Cache {
         state.add(&pod, 1);
         state.pods.insert(pod.uid.clone(), pod.clone());
         self.placed.insert(pod.uid.clone(), slot);
+        if !pod.affinity.is_empty() {
+            self.with_affinity
+                .insert(pod.uid.clone(), (slot, pod.clone()));
+        }
         if assumed {
             self.assumed.insert(pod.uid.clone(), slot);
         }
@@ -171,6 +206,7 @@ impl Cache {
     pub fn remove_pod(&mut self, uid: &str) -> Option<Change> {
         let slot = self.placed.remove(uid)?;
         self.assumed.remove(uid);
+        self.with_affinity.remove(uid);
         let state = self.nodes[slot as usize].as_mut()?;
         if let Some(pod) = state.pods.remove(uid) {
             state.add(&pod, -1);

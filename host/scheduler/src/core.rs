@@ -31,6 +31,9 @@ pub(crate) enum Msg {
     Node(Arc<core::Node>),
     NodeDeleted(String),
     NodesListed(HashSet<String>),
+    Namespace(Arc<core::Namespace>),
+    NamespaceDeleted(String),
+    NamespacesListed(HashSet<String>),
     /// The Plugin objects listed at start are loaded (or refused).
     PluginsListed,
     /// Load a Wasm plugin (replacing one of the same name); the reply says whether it
@@ -137,7 +140,7 @@ impl Core {
             bindings: Arc::new(Semaphore::new(parallel_bindings.max(1))),
             pods: HashMap::new(),
             metrics,
-            unsynced: ["pods", "nodes", "plugins"].into(),
+            unsynced: ["pods", "nodes", "namespaces", "plugins"].into(),
         };
         std::thread::Builder::new()
             .name("scheduler".into())
@@ -237,6 +240,26 @@ impl Core {
                     if let Some(change) = self.cache.remove_node(&name) {
                         self.observe(change);
                     }
+                }
+            }
+            Msg::Namespace(ns) => {
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                let labels = ns.metadata.labels.clone().unwrap_or_default();
+                self.cache.upsert_namespace(name, labels);
+                // Labels select namespaces for affinity terms.
+                self.queue.move_unschedulable(now);
+            }
+            Msg::NamespaceDeleted(name) => self.cache.remove_namespace(&name),
+            Msg::NamespacesListed(seen) => {
+                self.synced("namespaces");
+                let gone: Vec<String> = self
+                    .cache
+                    .namespace_names()
+                    .filter(|n| !seen.contains(*n))
+                    .map(str::to_owned)
+                    .collect();
+                for name in gone {
+                    self.cache.remove_namespace(&name);
                 }
             }
             Msg::PluginsListed => self.synced("plugins"),
@@ -527,7 +550,7 @@ where
     }
 }
 
-/// Watches pods and nodes and feeds the scheduling thread, until cancelled.
+/// Watches pods, nodes and namespaces and feeds the scheduling thread, until cancelled.
 pub(crate) async fn informers(client: kube::Client, tx: Sender<Msg>, shutdown: CancellationToken) {
     let pods = feed(
         kube::Api::<core::Pod>::all(client.clone()),
@@ -541,8 +564,8 @@ pub(crate) async fn informers(client: kube::Client, tx: Sender<Msg>, shutdown: C
         },
     );
     let nodes = feed(
-        kube::Api::<core::Node>::all(client),
-        tx,
+        kube::Api::<core::Node>::all(client.clone()),
+        tx.clone(),
         Feed {
             what: "nodes",
             apply: |n| Msg::Node(Arc::new(n)),
@@ -551,9 +574,21 @@ pub(crate) async fn informers(client: kube::Client, tx: Sender<Msg>, shutdown: C
             listed: Msg::NodesListed,
         },
     );
+    let namespaces = feed(
+        kube::Api::<core::Namespace>::all(client),
+        tx,
+        Feed {
+            what: "namespaces",
+            apply: |n| Msg::Namespace(Arc::new(n)),
+            delete: |n| Msg::NamespaceDeleted(n.metadata.name.unwrap_or_default()),
+            key: |n| n.metadata.name.clone().unwrap_or_default(),
+            listed: Msg::NamespacesListed,
+        },
+    );
     tokio::select! {
         _ = pods => {}
         _ = nodes => {}
+        _ = namespaces => {}
         _ = shutdown.cancelled() => {}
     }
 }

@@ -39,6 +39,8 @@ pub enum PreFilter {
     Proceed,
     /// The plugin has nothing to say about this pod: skip its filter and score.
     Skip,
+    /// Skip this plugin's filter; its score still runs (kube-scheduler's PreFilter Skip).
+    SkipFilter,
     /// Only these slots can fit.
     Only(Vec<u32>),
     /// No node fits.
@@ -295,7 +297,9 @@ impl Profile {
             });
         }
         let active = self.active();
-        let mut skip = vec![false; self.entries.len()];
+        // Per entry: whether its filter is skipped, and whether its score is.
+        let mut skip_filter = vec![false; self.entries.len()];
+        let mut skip_score = vec![false; self.entries.len()];
         let mut only: Option<Vec<u32>> = None;
         // Which plugins restricted the nodes, for the message about the ones they excluded.
         let mut restricted_by: Vec<String> = Vec::new();
@@ -310,7 +314,8 @@ impl Profile {
                 .map_err(CycleError::Plugin)?
             {
                 PreFilter::Proceed => {}
-                PreFilter::Skip => skip[i] = true,
+                PreFilter::Skip => (skip_filter[i], skip_score[i]) = (true, true),
+                PreFilter::SkipFilter => skip_filter[i] = true,
                 PreFilter::Only(slots) => {
                     restricted_by.push(e.plugin.name().to_owned());
                     only = Some(match only {
@@ -357,7 +362,7 @@ impl Profile {
                 .collect();
             evaluated = end;
             for &i in &active {
-                if skip[i] || candidates.is_empty() {
+                if skip_filter[i] || candidates.is_empty() {
                     continue;
                 }
                 let e = &mut self.entries[i];
@@ -394,7 +399,7 @@ impl Profile {
         let slot = if feasible.len() == 1 {
             feasible[0]
         } else {
-            self.select(pod, cache, &active, &skip, &feasible)?
+            self.select(pod, cache, &active, &skip_score, &feasible)?
         };
         self.reserve(pod, cache, &active, slot)?;
         Ok(Decision {
@@ -409,13 +414,13 @@ impl Profile {
         pod: &PodInfo,
         cache: &Cache,
         active: &[usize],
-        skip: &[bool],
+        skip_score: &[bool],
         feasible: &[u32],
     ) -> Result<u32, CycleError> {
         let mut total = vec![0i64; feasible.len()];
         for &i in active {
             let e = &mut self.entries[i];
-            if skip[i] || !e.plugin.scores() || e.weight == 0 {
+            if skip_score[i] || !e.plugin.scores() || e.weight == 0 {
                 continue;
             }
             if !e

@@ -30,6 +30,7 @@ pub mod model;
 pub mod plugins;
 pub mod queue;
 mod report;
+pub mod topology;
 pub mod wasm;
 
 use std::collections::BTreeMap;

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use skiff_core::labels::{Op, Requirement, Selector};
 use skiff_core::quantity::Quantity;
 use skiff_plugin_host as wasm;
 
@@ -111,6 +113,221 @@ impl HostPort {
     }
 }
 
+/// Converts an API label selector; `None` for a nil selector, which selects nothing (as
+/// does one that fails to parse: the API refuses those). `match_keys` and `mismatch_keys`
+/// (matchLabelKeys, mismatchLabelKeys) add `key in (v)` / `key notin (v)` for the pod's own
+/// value of each key it has.
+fn selector(
+    selector: Option<&LabelSelector>,
+    labels: Option<&BTreeMap<String, String>>,
+    match_keys: &[String],
+    mismatch_keys: &[String],
+) -> Option<Selector> {
+    let value = serde_json::to_value(selector?).ok()?;
+    let mut parsed = Selector::from_label_selector(&value).ok()?;
+    for (keys, mismatch) in [(match_keys, false), (mismatch_keys, true)] {
+        for key in keys {
+            if let Some(v) = labels.and_then(|l| l.get(key)) {
+                let set = [v.clone()].into();
+                parsed.requirements.push(Requirement {
+                    key: key.clone(),
+                    op: if mismatch {
+                        Op::NotIn(set)
+                    } else {
+                        Op::In(set)
+                    },
+                });
+            }
+        }
+    }
+    Some(parsed)
+}
+
+/// A pod (anti-)affinity term.
+#[derive(Debug)]
+pub struct AffinityTerm {
+    /// The pods it selects (`None` selects none).
+    pub selector: Option<Selector>,
+    /// Namespaces it looks in by name (the pod's own when no names and no selector are
+    /// given).
+    pub namespaces: Vec<String>,
+    /// Namespaces it looks in by label (an empty selector: all of them).
+    pub namespace_selector: Option<Selector>,
+    /// The node label whose values are the domains (zone, hostname).
+    pub topology_key: String,
+    /// The weight of a preferred term; 0 for a required one.
+    pub weight: i64,
+}
+
+impl AffinityTerm {
+    fn new(term: &core::PodAffinityTerm, pod: &core::Pod, weight: i32) -> Self {
+        let labels = pod.metadata.labels.as_ref();
+        let namespace_selector = term
+            .namespace_selector
+            .as_ref()
+            .and_then(|s| selector(Some(s), None, &[], &[]));
+        let mut namespaces = term.namespaces.clone().unwrap_or_default();
+        if namespaces.is_empty() && namespace_selector.is_none() {
+            namespaces.push(pod.metadata.namespace.clone().unwrap_or_default());
+        }
+        AffinityTerm {
+            selector: selector(
+                term.label_selector.as_ref(),
+                labels,
+                term.match_label_keys.as_deref().unwrap_or_default(),
+                term.mismatch_label_keys.as_deref().unwrap_or_default(),
+            ),
+            namespaces,
+            namespace_selector,
+            topology_key: term.topology_key.clone(),
+            weight: i64::from(weight),
+        }
+    }
+
+    /// Whether the term selects `pod`, whose namespace has `namespace_labels`.
+    pub fn matches(
+        &self,
+        pod: &PodInfo,
+        namespace_labels: Option<&BTreeMap<String, String>>,
+    ) -> bool {
+        let Some(selector) = &self.selector else {
+            return false;
+        };
+        let in_namespace = self.namespaces.iter().any(|n| n == pod.namespace())
+            || self
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| s.matches_with(|k| namespace_labels?.get(k).map(String::as_str)));
+        in_namespace && selector.matches_with(|k| pod.label(k))
+    }
+}
+
+/// A pod's inter-pod affinity and anti-affinity terms.
+#[derive(Debug, Default)]
+pub struct PodAffinity {
+    /// requiredDuringScheduling affinity.
+    pub required: Vec<AffinityTerm>,
+    /// requiredDuringScheduling anti-affinity.
+    pub required_anti: Vec<AffinityTerm>,
+    /// preferredDuringScheduling affinity, weighted.
+    pub preferred: Vec<AffinityTerm>,
+    /// preferredDuringScheduling anti-affinity, weighted.
+    pub preferred_anti: Vec<AffinityTerm>,
+}
+
+impl PodAffinity {
+    fn new(pod: &core::Pod) -> Self {
+        let Some(affinity) = pod.spec.as_ref().and_then(|s| s.affinity.as_ref()) else {
+            return PodAffinity::default();
+        };
+        let required = |terms: Option<&Vec<core::PodAffinityTerm>>| {
+            terms
+                .into_iter()
+                .flatten()
+                .map(|t| AffinityTerm::new(t, pod, 0))
+                .collect()
+        };
+        let preferred = |terms: Option<&Vec<core::WeightedPodAffinityTerm>>| {
+            terms
+                .into_iter()
+                .flatten()
+                .filter(|t| t.weight != 0)
+                .map(|t| AffinityTerm::new(&t.pod_affinity_term, pod, t.weight))
+                .collect()
+        };
+        let (a, anti) = (
+            affinity.pod_affinity.as_ref(),
+            affinity.pod_anti_affinity.as_ref(),
+        );
+        PodAffinity {
+            required: required(a.and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            required_anti: required(anti.and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            preferred: preferred(a.and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            preferred_anti: preferred(anti.and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+        }
+    }
+
+    /// Whether the pod has no terms at all.
+    pub fn is_empty(&self) -> bool {
+        self.required.is_empty()
+            && self.required_anti.is_empty()
+            && self.preferred.is_empty()
+            && self.preferred_anti.is_empty()
+    }
+}
+
+/// A topology spread constraint.
+#[derive(Debug)]
+pub struct SpreadConstraint {
+    /// How much the matching pods' counts may differ between domains.
+    pub max_skew: i64,
+    /// The node label whose values are the domains.
+    pub topology_key: String,
+    /// `DoNotSchedule` (a filter) rather than `ScheduleAnyway` (a score).
+    pub hard: bool,
+    /// The pods counted (`None` counts none), matchLabelKeys merged in.
+    pub selector: Option<Selector>,
+    /// Fewer eligible domains than this count as a global minimum of 0.
+    pub min_domains: Option<i64>,
+    /// nodeAffinityPolicy Honor (the default): only nodes the pod's node affinity and
+    /// selector allow are counted.
+    pub honor_node_affinity: bool,
+    /// nodeTaintsPolicy Honor (default Ignore): only nodes whose taints the pod tolerates
+    /// are counted.
+    pub honor_taints: bool,
+}
+
+impl SpreadConstraint {
+    fn all(pod: &core::Pod) -> Vec<SpreadConstraint> {
+        let labels = pod.metadata.labels.as_ref();
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.topology_spread_constraints.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|c| SpreadConstraint {
+                max_skew: i64::from(c.max_skew),
+                topology_key: c.topology_key.clone(),
+                hard: c.when_unsatisfiable == "DoNotSchedule",
+                selector: selector(
+                    c.label_selector.as_ref(),
+                    labels,
+                    c.match_label_keys.as_deref().unwrap_or_default(),
+                    &[],
+                ),
+                min_domains: c.min_domains.map(i64::from),
+                honor_node_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
+                honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
+            })
+            .collect()
+    }
+
+    /// Whether the constraint counts `pod` (same namespace as `namespace`, selected, and
+    /// not terminating).
+    pub fn counts(&self, pod: &PodInfo, namespace: &str) -> bool {
+        pod.namespace() == namespace && !pod.is_terminating() && self.selects(pod)
+    }
+
+    /// Whether the selector selects `pod`.
+    pub fn selects(&self, pod: &PodInfo) -> bool {
+        self.selector
+            .as_ref()
+            .is_some_and(|s| s.matches_with(|k| pod.label(k)))
+    }
+}
+
 /// A pod, parsed for scheduling.
 #[derive(Debug)]
 pub struct PodInfo {
@@ -130,6 +347,10 @@ pub struct PodInfo {
     pub priority: i32,
     /// `spec.schedulerName`.
     pub scheduler_name: String,
+    /// Inter-pod affinity and anti-affinity.
+    pub affinity: PodAffinity,
+    /// Topology spread constraints.
+    pub spread: Vec<SpreadConstraint>,
     /// The record Wasm plugins get.
     pub wasm: wasm::Pod,
     /// The same with `json` filled, built on first use for plugins that want it.
@@ -261,10 +482,22 @@ impl PodInfo {
             host_ports,
             priority,
             scheduler_name,
+            affinity: PodAffinity::new(&pod),
+            spread: SpreadConstraint::all(&pod),
             wasm,
             wasm_json: std::sync::OnceLock::new(),
             pod,
         }
+    }
+
+    /// The value of a label.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.pod
+            .metadata
+            .labels
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
     }
 
     /// The pod's namespace.

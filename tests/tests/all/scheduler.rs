@@ -152,6 +152,86 @@ fn built_in_plugins_place_pods_and_explain_failures() {
 }
 
 #[test]
+fn pod_affinity_and_topology_spread_place_pods_by_their_neighbours() {
+    let cluster = TestCluster::start().unwrap();
+    let kubectl = cluster.kubectl();
+    nodes(
+        &kubectl,
+        &[("n1", "a", ""), ("n2", "b", ""), ("n3", "c", "")],
+    );
+    let anti = r#"{"metadata":{"labels":{"app":"web"}},"spec":{"affinity":{"podAntiAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":[{"labelSelector":{"matchLabels":{"app":"web"}},"topologyKey":"kubernetes.io/hostname"}]}}}}"#;
+    let mut used = std::collections::BTreeSet::new();
+    for name in ["web-1", "web-2", "web-3"] {
+        run_pod(&kubectl, name, anti);
+        used.insert(bound_node(&kubectl, name, 15));
+    }
+    assert_eq!(
+        used.len(),
+        3,
+        "anti-affinity spreads one per node: {used:?}"
+    );
+    run_pod(&kubectl, "web-4", anti);
+    assert_eq!(
+        event_message(&kubectl, "web-4", "FailedScheduling").unwrap(),
+        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+    );
+    // A deleted neighbour frees its node for the parked pod.
+    let freed = node_of(&kubectl, "web-1").unwrap();
+    // Forced, as a node agent would confirm it (kubectl warns that it doesn't wait).
+    let deleted = kubectl.run(&["delete", "pod", "web-1", "--grace-period=0", "--force"]);
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    assert_eq!(bound_node(&kubectl, "web-4", 30), freed);
+
+    // Affinity across namespaces chosen by label: next to the database of team red.
+    kubectl.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: red\n  labels: {team: red}\n",
+        &[],
+    );
+    kubectl.ok(&[
+        "run",
+        "db",
+        "-n",
+        "red",
+        "--image=busybox",
+        "--restart=Never",
+        "--labels=app=db",
+    ]);
+    let db_node = eventually(Duration::from_secs(15), || {
+        let n = kubectl.ok(&[
+            "get",
+            "pod",
+            "db",
+            "-n",
+            "red",
+            "-o",
+            "jsonpath={.spec.nodeName}",
+        ]);
+        (!n.trim().is_empty()).then(|| n.trim().to_owned())
+    })
+    .expect("db bound");
+    run_pod(
+        &kubectl,
+        "near-db",
+        r#"{"spec":{"affinity":{"podAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":[{"labelSelector":{"matchLabels":{"app":"db"}},"namespaceSelector":{"matchLabels":{"team":"red"}},"topologyKey":"kubernetes.io/hostname"}]}}}}"#,
+    );
+    assert_eq!(bound_node(&kubectl, "near-db", 15), db_node);
+
+    // DoNotSchedule spread over the pools with maxSkew 1: six pods, two per pool.
+    let spread = r#"{"metadata":{"labels":{"app":"spread"}},"spec":{"topologySpreadConstraints":[{"maxSkew":1,"topologyKey":"pool","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app":"spread"}}}]}}"#;
+    let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..6 {
+        let name = format!("spread-{i}");
+        run_pod(&kubectl, &name, spread);
+        *per_node.entry(bound_node(&kubectl, &name, 15)).or_default() += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "{per_node:?}"
+    );
+}
+
+#[test]
 fn a_wasm_plugin_changes_where_pods_land_and_is_swapped_and_unloaded_live() {
     let cluster = TestCluster::start().unwrap();
     let kubectl = cluster.kubectl();
