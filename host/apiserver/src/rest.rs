@@ -464,6 +464,96 @@ pub(crate) async fn require_namespace(ctx: &Ctx, name: &str) -> Result<(), ApiEr
     Ok(())
 }
 
+/// The Priority admission plugin: a new pod's `priorityClassName`, or else the class marked
+/// `globalDefault` (the lowest-valued if several are), sets `spec.priority` and
+/// `spec.preemptionPolicy`; an unknown class, or a pod spelling out different values, is
+/// refused with 403 as Kubernetes does.
+pub(crate) async fn admit_priority(ctx: &Ctx, obj: &mut Value) -> Result<(), ApiError> {
+    let def = ctx
+        .registry
+        .get("scheduling.k8s.io", "v1", "priorityclasses")
+        .expect("priority classes are built in")
+        .clone();
+    let name = obj
+        .pointer("/metadata/name")
+        .or_else(|| obj.pointer("/metadata/generateName"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    let forbidden = |why: String| ApiError::forbidden("", "pods", &name, &why);
+    let requested = spec
+        .get("priorityClassName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
+    let class = match &requested {
+        Some(class) => {
+            let stored = ctx
+                .store()
+                .get(&object_key(&def, None, class))
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    forbidden(format!("no PriorityClass with name {class} was found"))
+                })?;
+            Some(to_value(&stored)?)
+        }
+        None => {
+            let all = ctx
+                .store()
+                .list(ListOptions {
+                    prefix: collection_prefix(&def, None),
+                    ..Default::default()
+                })
+                .await
+                .map_err(store_error)?;
+            let mut best: Option<Value> = None;
+            for stored in &all.items {
+                let class = to_value(stored)?;
+                let value = |c: &Value| c["value"].as_i64().unwrap_or(0);
+                if class["globalDefault"] == true
+                    && best.as_ref().is_none_or(|b| value(&class) < value(b))
+                {
+                    best = Some(class);
+                }
+            }
+            best
+        }
+    };
+    let Some(class) = class else {
+        return Ok(());
+    };
+    let value = class["value"].as_i64().unwrap_or(0);
+    let policy = class["preemptionPolicy"]
+        .as_str()
+        .unwrap_or("PreemptLowerPriority")
+        .to_owned();
+    if let Some(given) = spec.get("priority").and_then(Value::as_i64)
+        && given != value
+    {
+        return Err(forbidden(format!(
+            "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+        )));
+    }
+    if let Some(given) = spec.get("preemptionPolicy").and_then(Value::as_str)
+        && given != policy
+    {
+        return Err(forbidden(format!(
+            "the string value of PreemptionPolicy ({given}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name"
+        )));
+    }
+    spec.insert(
+        "priorityClassName".into(),
+        class["metadata"]["name"].clone(),
+    );
+    spec.insert("priority".into(), json!(value));
+    spec.insert("preemptionPolicy".into(), json!(policy));
+    Ok(())
+}
+
 pub(crate) fn to_value(stored: &Stored) -> Result<Value, ApiError> {
     stored
         .to_value()
@@ -872,6 +962,10 @@ pub(crate) async fn create_object(
     let has_name = name.is_some();
     let name_for_errors = name.or(generate.as_deref()).unwrap_or_default().to_owned();
     require_namespace(ctx, &name_for_errors).await?;
+    let mut obj = obj;
+    if ctx.def.group.is_empty() && ctx.def.plural == "pods" {
+        admit_priority(ctx, &mut obj).await?;
+    }
     let attempts = if has_name || generate.is_none() { 1 } else { 8 };
     let mut last_err = None;
     for _ in 0..attempts {

@@ -288,6 +288,9 @@ impl Plugin for NodePorts {
     fn filters(&self) -> bool {
         true
     }
+    fn preemptible(&self) -> bool {
+        true
+    }
     fn scores(&self) -> bool {
         false
     }
@@ -346,6 +349,9 @@ impl Plugin for NodeResourcesFit {
         "NodeResourcesFit"
     }
     fn filters(&self) -> bool {
+        true
+    }
+    fn preemptible(&self) -> bool {
         true
     }
     fn scores(&self) -> bool {

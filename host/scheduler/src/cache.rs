@@ -23,6 +23,31 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// A copy to try changes on (preemption's what-if), sharing the pods.
+    pub fn scratch(&self) -> NodeState {
+        NodeState {
+            info: self.info.clone(),
+            pods: self.pods.clone(),
+            requested: self.requested.clone(),
+            non_zero: self.non_zero,
+            host_ports: self.host_ports.clone(),
+        }
+    }
+
+    /// Puts a pod on the node (replacing one with its uid).
+    pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
+        self.remove_pod(&pod.uid);
+        self.add(&pod, 1);
+        self.pods.insert(pod.uid.clone(), pod);
+    }
+
+    /// Takes a pod off the node.
+    pub fn remove_pod(&mut self, uid: &str) {
+        if let Some(pod) = self.pods.remove(uid) {
+            self.add(&pod, -1);
+        }
+    }
+
     fn add(&mut self, pod: &PodInfo, sign: i64) {
         self.requested.add(&pod.requests, sign);
         self.non_zero.0 += sign * pod.non_zero.0;
@@ -184,8 +209,7 @@ impl Cache {
         let slot = self.slot(node)?;
         self.remove_pod(&pod.uid);
         let state = self.nodes[slot as usize].as_mut()?;
-        state.add(&pod, 1);
-        state.pods.insert(pod.uid.clone(), pod.clone());
+        state.add_pod(pod.clone());
         self.placed.insert(pod.uid.clone(), slot);
         if !pod.affinity.is_empty() {
             self.with_affinity
@@ -207,10 +231,7 @@ impl Cache {
         let slot = self.placed.remove(uid)?;
         self.assumed.remove(uid);
         self.with_affinity.remove(uid);
-        let state = self.nodes[slot as usize].as_mut()?;
-        if let Some(pod) = state.pods.remove(uid) {
-            state.add(&pod, -1);
-        }
+        self.nodes[slot as usize].as_mut()?.remove_pod(uid);
         Some(Change::PodRemoved(uid.to_owned()))
     }
 }

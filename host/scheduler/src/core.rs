@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
-use crate::framework::{CycleError, Entry, Profile};
+use crate::framework::{CycleError, Entry, Profile, histogram};
 use crate::metrics::{Metrics, Outcome};
 use crate::model::{NodeInfo, PodInfo};
 use crate::report::Reporter;
@@ -448,7 +448,18 @@ impl Core {
                 };
                 self.metrics
                     .attempt(&pod.scheduler_name, outcome, started.elapsed());
-                let message = e.message();
+                let mut message = e.message();
+                if let CycleError::Unschedulable {
+                    nodes,
+                    preemptible,
+                    resolvable,
+                    ..
+                } = &e
+                    && *nodes > 0
+                    && let Some(why) = self.preempt(&pod, *nodes, *resolvable, preemptible)
+                {
+                    message = format!("{message} {why}");
+                }
                 debug!(pod.key = %pod.key, %message, "not scheduled");
                 self.reporter.failed(&pod, &message);
                 match e {
@@ -459,6 +470,47 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// PostFilter: makes room for an unschedulable pod by evicting lower-priority pods, and
+    /// nominates the node. Returns why it didn't, in kube-scheduler's words.
+    fn preempt(
+        &mut self,
+        pod: &Arc<PodInfo>,
+        nodes: usize,
+        resolvable: usize,
+        candidates: &[u32],
+    ) -> Option<String> {
+        if pod.never_preempts() {
+            return Some("preemption: not eligible due to preemptionPolicy=Never.".into());
+        }
+        // Room is already being made: wait for the victims to go.
+        if let Some(node) = pod.nominated_node().and_then(|n| self.cache.slot(n))
+            && self.cache.node(node).is_some_and(|n| {
+                n.pods
+                    .values()
+                    .any(|p| p.is_terminating() && p.priority < pod.priority)
+            })
+        {
+            return Some(
+                "preemption: not eligible due to a terminating pod on the nominated node.".into(),
+            );
+        }
+        let profile = self.profiles.get(&pod.scheduler_name)?;
+        let Some(chosen) = profile.preempt(pod, &self.cache, candidates) else {
+            let reasons = [
+                ("No preemption victims found for incoming pod", resolvable),
+                (
+                    "Preemption is not helpful for scheduling",
+                    nodes - resolvable,
+                ),
+            ];
+            return Some(format!("preemption: {}", histogram(nodes, reasons)));
+        };
+        let node = self.cache.node(chosen.slot)?.info.name().to_owned();
+        info!(pod.key = %pod.key, node.name = %node, victims = chosen.victims.len(), "preempting");
+        self.reporter.preempt(pod, &node, chosen.victims);
+        None
     }
 
     fn bind(&self, pod: Arc<PodInfo>, node: String, slot: u32) {

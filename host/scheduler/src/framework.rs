@@ -58,6 +58,12 @@ pub trait Plugin: Send {
     /// Whether it takes part in scoring.
     fn scores(&self) -> bool;
 
+    /// Whether taking pods off a node can lift this plugin's rejections, judged by
+    /// `filter_node` on the node as given: preemption then tries nodes it rejected.
+    fn preemptible(&self) -> bool {
+        false
+    }
+
     /// Told of every cache change (for plugins that keep their own cache).
     fn observe(&mut self, _cache: &Cache, _change: &Change) {}
 
@@ -191,6 +197,10 @@ pub enum CycleError {
         nodes: usize,
         /// Reason → number of nodes.
         reasons: BTreeMap<Arc<str>, usize>,
+        /// The nodes only a preemptible plugin rejected: preemption's candidates.
+        preemptible: Vec<u32>,
+        /// How many nodes were rejected for reasons preemption could in principle lift.
+        resolvable: usize,
     },
     /// A plugin with failure policy Fail failed.
     Plugin(PluginError),
@@ -210,11 +220,8 @@ impl CycleError {
             CycleError::Unschedulable { nodes: 0, .. } => {
                 "no nodes available to schedule pods".to_owned()
             }
-            CycleError::Unschedulable { nodes, reasons } => {
-                let mut parts: Vec<String> =
-                    reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-                parts.sort();
-                format!("0/{nodes} nodes are available: {}.", parts.join(", "))
+            CycleError::Unschedulable { nodes, reasons, .. } => {
+                histogram(*nodes, reasons.iter().map(|(r, n)| (&**r, *n)))
             }
             CycleError::Plugin(e) => format!("running plugin {:?}: {e}", e.plugin),
             CycleError::Reserve { plugin, message } => {
@@ -222,6 +229,18 @@ impl CycleError {
             }
         }
     }
+}
+
+/// kube-scheduler's "0/3 nodes are available: 1 Insufficient cpu, 2 ...." from reasons and
+/// how many nodes each has, sorted as text; reasons with no nodes are left out.
+pub fn histogram<'a>(nodes: usize, reasons: impl IntoIterator<Item = (&'a str, usize)>) -> String {
+    let mut parts: Vec<String> = reasons
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{n} {r}"))
+        .collect();
+    parts.sort();
+    format!("0/{nodes} nodes are available: {}.", parts.join(", "))
 }
 
 /// The outcome of a cycle.
@@ -271,7 +290,8 @@ impl Profile {
             .any(|e| e.wasm && e.replaces.iter().any(|r| r == name))
     }
 
-    fn active(&self) -> Vec<usize> {
+    /// The entries that run: all but built-ins a loaded Wasm plugin replaces.
+    pub(crate) fn active(&self) -> Vec<usize> {
         (0..self.entries.len())
             .filter(|&i| {
                 let e = &self.entries[i];
@@ -294,6 +314,8 @@ impl Profile {
             return Err(CycleError::Unschedulable {
                 nodes: 0,
                 reasons: BTreeMap::new(),
+                preemptible: Vec::new(),
+                resolvable: 0,
             });
         }
         let active = self.active();
@@ -328,6 +350,8 @@ impl Profile {
                     return Err(CycleError::Unschedulable {
                         nodes: all,
                         reasons,
+                        preemptible: Vec::new(),
+                        resolvable: if rejection.unresolvable { 0 } else { all },
                     });
                 }
             }
@@ -353,6 +377,8 @@ impl Profile {
                 .or_default() += all - universe.len();
         }
         let mut feasible = Vec::new();
+        let mut preemptible = Vec::new();
+        let mut resolvable = 0;
         let mut evaluated = 0;
         let mut verdicts = Vec::new();
         while evaluated < universe.len() && feasible.len() < want {
@@ -372,12 +398,19 @@ impl Profile {
                 e.plugin
                     .filter(pod, cache, &candidates, &mut verdicts)
                     .map_err(CycleError::Plugin)?;
+                let can_preempt = e.plugin.preemptible();
                 let mut k = 0;
-                candidates.retain(|_| {
+                candidates.retain(|&slot| {
                     let keep = match verdicts.get(k) {
                         Some(Some(rejection)) => {
                             for r in &rejection.reasons {
                                 *reasons.entry(r.clone()).or_default() += 1;
+                            }
+                            if !rejection.unresolvable {
+                                resolvable += 1;
+                                if can_preempt {
+                                    preemptible.push(slot);
+                                }
                             }
                             false
                         }
@@ -394,6 +427,8 @@ impl Profile {
             return Err(CycleError::Unschedulable {
                 nodes: all,
                 reasons,
+                preemptible,
+                resolvable,
             });
         }
         let slot = if feasible.len() == 1 {

@@ -28,6 +28,7 @@ pub mod framework;
 mod metrics;
 pub mod model;
 pub mod plugins;
+pub mod preemption;
 pub mod queue;
 mod report;
 pub mod topology;

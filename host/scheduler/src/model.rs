@@ -528,6 +528,25 @@ impl PodInfo {
         )
     }
 
+    /// Whether `spec.preemptionPolicy` is `Never`.
+    pub fn never_preempts(&self) -> bool {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.preemption_policy.as_deref())
+            == Some("Never")
+    }
+
+    /// `status.nominatedNodeName`: where an earlier preemption made room for it.
+    pub fn nominated_node(&self) -> Option<&str> {
+        self.pod
+            .status
+            .as_ref()?
+            .nominated_node_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+    }
+
     /// Whether the pod is being deleted.
     pub fn is_terminating(&self) -> bool {
         self.pod.metadata.deletion_timestamp.is_some()
@@ -554,7 +573,7 @@ impl PodInfo {
 }
 
 /// A node, parsed for scheduling.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct NodeInfo {
     /// The object as it came from the API.
     pub node: Arc<core::Node>,

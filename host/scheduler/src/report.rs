@@ -25,6 +25,8 @@ const PLUGIN_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 enum Report {
     Scheduled(Arc<PodInfo>, String),
     Failed(Arc<PodInfo>, String),
+    /// Evict these pods to make room for the first on the node.
+    Preempt(Arc<PodInfo>, String, Vec<Arc<PodInfo>>),
     PluginFailed(String, PluginError),
     /// Something else about a plugin worth an event (load failures).
     PluginEvent {
@@ -64,6 +66,12 @@ impl Reporter {
         let _ = self
             .tx
             .send(Report::Failed(pod.clone(), message.to_owned()));
+    }
+
+    pub(crate) fn preempt(&self, pod: &Arc<PodInfo>, node: &str, victims: Vec<Arc<PodInfo>>) {
+        let _ = self
+            .tx
+            .send(Report::Preempt(pod.clone(), node.to_owned(), victims));
     }
 
     pub(crate) fn plugin_event(
@@ -265,6 +273,7 @@ async fn work(client: kube::Client, mut rx: UnboundedReceiver<Report>) {
                     warn!(pod.key = %pod.key, error = &e as &dyn std::error::Error, "cannot set PodScheduled=False");
                 }
             }
+            Report::Preempt(pod, node, victims) => preempt(&client, &pod, &node, &victims).await,
             Report::PluginFailed(name, e) => {
                 let state = plugins.entry(name.clone()).or_default();
                 state.total += 1;
@@ -294,6 +303,69 @@ async fn work(client: kube::Client, mut rx: UnboundedReceiver<Report>) {
                 create_event(&client, "default", &e).await;
             }
         }
+    }
+}
+
+/// Evicts the victims as kube-scheduler does (a DisruptionTarget condition, a graceful
+/// delete, a Preempted event on each) and nominates the node on the preemptor's status.
+async fn preempt(client: &kube::Client, pod: &PodInfo, node: &str, victims: &[Arc<PodInfo>]) {
+    for victim in victims {
+        let pods: kube::Api<core::Pod> = kube::Api::namespaced(client.clone(), victim.namespace());
+        let condition = json!({"status": {"conditions": [{
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "PreemptionByScheduler",
+            "message": format!("{}: preempting to accommodate a higher priority pod", pod.scheduler_name),
+            "lastTransitionTime": now(),
+        }]}});
+        if let Err(e) = pods
+            .patch_status(
+                victim.name(),
+                &PatchParams::default(),
+                &Patch::Strategic(&condition),
+            )
+            .await
+        {
+            warn!(pod.key = %victim.key, error = &e as &dyn std::error::Error, "cannot mark a preemption victim");
+        }
+        // The uid precondition: a pod recreated under the same name is not a victim.
+        let delete = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: Some(victim.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match pods.delete(victim.name(), &delete).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => continue,
+            Err(e) => {
+                warn!(pod.key = %victim.key, error = &e as &dyn std::error::Error, "cannot evict a preemption victim");
+                continue;
+            }
+        }
+        let message = format!("Preempted by pod {} on node {node}", pod.uid);
+        let e = event(
+            victim.namespace(),
+            pod_ref(victim),
+            false,
+            "Preempted",
+            &message,
+            victim.name(),
+        );
+        create_event(client, victim.namespace(), &e).await;
+    }
+    let pods: kube::Api<core::Pod> = kube::Api::namespaced(client.clone(), pod.namespace());
+    let nominated = json!({"status": {"nominatedNodeName": node}});
+    if let Err(e) = pods
+        .patch_status(
+            pod.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&nominated),
+        )
+        .await
+    {
+        warn!(pod.key = %pod.key, error = &e as &dyn std::error::Error, "cannot nominate a node");
     }
 }
 

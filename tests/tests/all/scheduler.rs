@@ -132,7 +132,7 @@ fn built_in_plugins_place_pods_and_explain_failures() {
     let message = event_message(&kubectl, "huge", "FailedScheduling").unwrap();
     assert_eq!(
         message,
-        "0/3 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: gpu}, 1 node(s) were unschedulable."
+        "0/3 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: gpu}, 1 node(s) were unschedulable. preemption: 0/3 nodes are available: 1 No preemption victims found for incoming pod, 2 Preemption is not helpful for scheduling."
     );
     let condition = kubectl.ok(&[
         "get",
@@ -173,7 +173,7 @@ fn pod_affinity_and_topology_spread_place_pods_by_their_neighbours() {
     run_pod(&kubectl, "web-4", anti);
     assert_eq!(
         event_message(&kubectl, "web-4", "FailedScheduling").unwrap(),
-        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
     );
     // A deleted neighbour frees its node for the parked pod.
     let freed = node_of(&kubectl, "web-1").unwrap();
@@ -231,6 +231,113 @@ fn pod_affinity_and_topology_spread_place_pods_by_their_neighbours() {
     );
 }
 
+/// A pod asking for `cpu` with a priority class.
+fn prioritized(kubectl: &Kubectl, name: &str, class: &str, cpu: &str) -> skiff_tests::Run {
+    kubectl.run(&[
+        "run",
+        name,
+        "--image=busybox",
+        "--restart=Never",
+        &format!(
+            r#"--overrides={{"spec":{{"priorityClassName":"{class}","containers":[{{"name":"{name}","image":"busybox","resources":{{"requests":{{"cpu":"{cpu}"}}}}}}]}}}}"#
+        ),
+    ])
+}
+
+#[test]
+fn higher_priority_pods_preempt_lower_ones_through_priority_classes() {
+    let cluster = TestCluster::start().unwrap();
+    let kubectl = cluster.kubectl();
+    nodes(&kubectl, &[("n1", "a", ""), ("n2", "b", "")]);
+    for (name, value, policy) in [
+        ("low", 10, "PreemptLowerPriority"),
+        ("high", 1000, "PreemptLowerPriority"),
+        ("polite", 1000, "Never"),
+    ] {
+        kubectl.apply(
+            &format!("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: {name}\nvalue: {value}\npreemptionPolicy: {policy}\n"),
+            &[],
+        );
+    }
+    // Priority admission: an unknown class is refused; a known one sets spec.priority.
+    let refused = prioritized(&kubectl, "stray", "nope", "1");
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused
+            .stderr
+            .contains("pods \"stray\" is forbidden: no PriorityClass with name nope was found"),
+        "{}",
+        refused.stderr
+    );
+    let mut victims = HashMap::new();
+    for name in ["low-1", "low-2"] {
+        assert_eq!(prioritized(&kubectl, name, "low", "3").code, 0);
+        victims.insert(bound_node(&kubectl, name, 15), name);
+    }
+    assert_eq!(victims.len(), 2, "one low pod per node");
+    assert_eq!(
+        kubectl.ok(&["get", "pod", "low-1", "-o", "jsonpath={.spec.priority}"]),
+        "10"
+    );
+
+    // preemptionPolicy Never: it waits instead of evicting.
+    assert_eq!(prioritized(&kubectl, "polite", "polite", "2").code, 0);
+    let message = event_message(&kubectl, "polite", "FailedScheduling").unwrap();
+    assert!(
+        message.ends_with("preemption: not eligible due to preemptionPolicy=Never."),
+        "{message}"
+    );
+    kubectl.ok(&["delete", "pod", "polite", "--wait=false"]);
+
+    // A higher priority pod evicts one low pod and is nominated for its node.
+    assert_eq!(prioritized(&kubectl, "urgent", "high", "2").code, 0);
+    let uid = kubectl.ok(&["get", "pod", "urgent", "-o", "jsonpath={.metadata.uid}"]);
+    let nominated = eventually(Duration::from_secs(15), || {
+        let n = kubectl.ok(&[
+            "get",
+            "pod",
+            "urgent",
+            "-o",
+            "jsonpath={.status.nominatedNodeName}",
+        ]);
+        (!n.trim().is_empty()).then(|| n.trim().to_owned())
+    })
+    .expect("urgent is nominated");
+    let victim = victims[&nominated];
+    let preempted = event_message(&kubectl, victim, "Preempted").unwrap();
+    assert_eq!(
+        preempted,
+        format!("Preempted by pod {} on node {nominated}", uid.trim())
+    );
+    let marked = kubectl.ok(&[
+        "get",
+        "pod",
+        victim,
+        "-o",
+        r#"jsonpath={.metadata.deletionTimestamp} {.status.conditions[?(@.type=="DisruptionTarget")].reason}"#,
+    ]);
+    assert!(
+        marked.trim().ends_with(" PreemptionByScheduler"),
+        "{marked}"
+    );
+    // The other low pod is untouched.
+    let other = victims.values().find(|v| **v != victim).unwrap();
+    assert_eq!(
+        kubectl.ok(&[
+            "get",
+            "pod",
+            other,
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}"
+        ]),
+        ""
+    );
+    // The victim's node agent would confirm the deletion; with simulated nodes the test does.
+    let deleted = kubectl.run(&["delete", "pod", victim, "--grace-period=0", "--force"]);
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    assert_eq!(bound_node(&kubectl, "urgent", 30), nominated);
+}
+
 #[test]
 fn a_wasm_plugin_changes_where_pods_land_and_is_swapped_and_unloaded_live() {
     let cluster = TestCluster::start().unwrap();
@@ -265,7 +372,7 @@ fn a_wasm_plugin_changes_where_pods_land_and_is_swapped_and_unloaded_live() {
     let message = event_message(&kubectl, "elsewhere", "FailedScheduling").unwrap();
     assert_eq!(
         message,
-        "0/3 nodes are available: 1 node(s) didn't have label pool=b, 2 node(s) didn't match Pod's node affinity/selector."
+        "0/3 nodes are available: 1 node(s) didn't have label pool=b, 2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
     );
 
     // A component with the wrong exports never replaces the working version.
