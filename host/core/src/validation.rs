@@ -132,6 +132,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Fiel
             None => errs.push(FieldError::required("spec.containers", "")),
         },
         ("", "services") => service(obj, &mut errs),
+        ("", "nodes") => node_taints(obj, &mut errs),
         ("", "configmaps") => data_keys(obj, &["data", "binaryData"], &mut errs),
         ("", "secrets") => data_keys(obj, &["data", "stringData"], &mut errs),
         ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets") => {
@@ -540,6 +541,56 @@ fn port_number(v: Option<&Value>, field: &str, required: bool, errs: &mut Vec<Fi
             "must be between 1 and 65535, inclusive",
         )),
         _ => {}
+    }
+}
+
+const TAINT_EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
+
+/// A Node's taints, as kube's `validateNodeTaints`: a qualified key, a label-like value, one
+/// of the three effects (the scheduler would otherwise have to guess what `Noschedule`
+/// means), and each key and effect pair once.
+fn node_taints(obj: &Value, errs: &mut Vec<FieldError>) {
+    let mut seen = HashSet::new();
+    for (i, t) in obj
+        .pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = format!("spec.taints[{i}]");
+        let key = t.get("key").and_then(Value::as_str).unwrap_or("");
+        if key.is_empty() {
+            errs.push(FieldError::required(format!("{field}.key"), ""));
+        }
+        for why in qualified_name_errors(key)
+            .into_iter()
+            .filter(|_| !key.is_empty())
+        {
+            errs.push(FieldError::invalid(format!("{field}.key"), key, why));
+        }
+        if let Some(v) = t.get("value").and_then(Value::as_str)
+            && !is_label_value(v)
+        {
+            errs.push(FieldError::invalid(
+                format!("{field}.value"),
+                v,
+                LABEL_VALUE_MSG,
+            ));
+        }
+        match t.get("effect").and_then(Value::as_str).unwrap_or("") {
+            "" => errs.push(FieldError::required(format!("{field}.effect"), "")),
+            e if !TAINT_EFFECTS.contains(&e) => errs.push(FieldError::not_supported(
+                format!("{field}.effect"),
+                e,
+                &TAINT_EFFECTS,
+            )),
+            e => {
+                if !seen.insert((key, e)) {
+                    errs.push(FieldError::duplicate(field, format!("{key}:{e}")));
+                }
+            }
+        }
     }
 }
 
@@ -1001,6 +1052,39 @@ mod tests {
                 "spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive",
                 "spec.containers[1].name: Duplicate value: \"a\"",
                 "spec.containers[1].image: Required value",
+            ]
+        );
+    }
+
+    #[test]
+    fn node_taints_need_a_known_effect_and_are_unique_by_key_and_effect() {
+        let node = |taints: Value| json!({"metadata": {"name": "n"}, "spec": {"taints": taints}});
+        assert_eq!(
+            check(
+                "",
+                "nodes",
+                node(json!([{"key": "gpu", "value": "true", "effect": "Noschedule"}]))
+            ),
+            [
+                "spec.taints[0].effect: Unsupported value: \"Noschedule\": supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\""
+            ]
+        );
+        assert_eq!(
+            check(
+                "",
+                "nodes",
+                node(json!([
+                    {"key": "gpu", "effect": "NoSchedule"},
+                    {"key": "gpu", "effect": "NoExecute"},
+                    {"key": "gpu", "value": "x", "effect": "NoSchedule"},
+                    {"value": "bad value!"}
+                ]))
+            ),
+            [
+                "spec.taints[2]: Duplicate value: \"gpu:NoSchedule\"",
+                "spec.taints[3].key: Required value",
+                "spec.taints[3].value: Invalid value: \"bad value!\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
+                "spec.taints[3].effect: Required value",
             ]
         );
     }

@@ -596,6 +596,8 @@ impl NodeInfo {
             .and_then(|s| s.taints.as_ref())
             .into_iter()
             .flatten()
+            // The API refuses other effects; one stored before that check has no effect
+            // kube knows, and kube's TaintToleration ignores such a taint too.
             .filter_map(|t| {
                 Some(wasm::Taint {
                     key: t.key.clone(),
