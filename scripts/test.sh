@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 if ! python3 -c 'import kubernetes' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check 'kubernetes>=31'
 fi
+# A real OCI registry on loopback (the CNCF distribution, Debian's docker-registry): the
+# tests start their own on 127.0.0.1 and push plugin components to it.
+if ! command -v docker-registry >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y docker-registry || { apt-get update && apt-get install -y docker-registry; }
+fi
 command -v kubectl >/dev/null || { echo "kubectl (v1.32) is required at /usr/bin/kubectl" >&2; exit 1; }
 
 # The plugins (default, example and test components) are built to wasm32-wasip2, in release

@@ -365,3 +365,91 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A real OCI registry (Debian's `docker-registry`, the CNCF distribution) on a free
+/// loopback port, with its storage in a temporary directory; stopped on drop.
+pub struct TestRegistry {
+    /// `127.0.0.1:port`, the registry part of references and the `--insecure-registry` value.
+    pub host: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRegistry {
+    /// Starts the registry and waits until it answers `GET /v2/`.
+    pub fn start() -> Result<Self> {
+        let binary = Path::new("/usr/bin/docker-registry");
+        if !binary.exists() {
+            bail!("/usr/bin/docker-registry is missing: scripts/test.sh installs docker-registry");
+        }
+        // The port is chosen by binding and releasing it; another process could take it in
+        // between, so a registry that doesn't come up is retried on a new port.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir()?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let host = format!("127.0.0.1:{port}");
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                    dir.path().join("data").display()
+                ),
+            )?;
+            let log = dir.path().join("registry.log");
+            let mut child = Command::new(binary)
+                .arg("serve")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()
+                .context("starting docker-registry")?;
+            let up = eventually(Duration::from_secs(10), || {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return Some(false);
+                }
+                answers_v2(&host).then_some(true)
+            });
+            if up == Some(true) {
+                return Ok(TestRegistry {
+                    host,
+                    child,
+                    _dir: dir,
+                });
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last = std::fs::read_to_string(&log).unwrap_or_default();
+        }
+        bail!("docker-registry did not start:\n{last}")
+    }
+}
+
+/// Whether an HTTP registry at `host` answers `GET /v2/` with 200.
+fn answers_v2(host: &str) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(
+            format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -14,7 +14,7 @@ use skiff_core::proto::ProtoError;
 use skiff_core::registry::{Registry, collection_prefix, object_key};
 use skiff_core::resources::ResourceDef;
 use skiff_core::ssa;
-use skiff_core::status::{ApiError, Reason};
+use skiff_core::status::{ApiError, Reason, error_chain};
 use skiff_store::{ListOptions, Preconditions, Stored};
 use tracing::debug;
 
@@ -600,18 +600,6 @@ pub(crate) fn store_error(err: skiff_store::Error) -> ApiError {
         E::Closed => ApiError::new(Reason::InternalError, "the server is shutting down"),
         other => ApiError::internal(error_chain(&other)),
     }
-}
-
-/// An error and its causes, `: `-joined, for a `Status` message (the client sees no logs).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut chain = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        source = s.source();
-    }
-    chain
 }
 
 /// A JSON response from stored bytes.

@@ -30,14 +30,15 @@ fn schema() -> Value {
                     },
                     "component": {
                         "type": "object",
-                        "description": "Where the component comes from: exactly one of file or inline.",
+                        "description": "Where the component comes from: exactly one of file, oci or inline.",
                         "properties": {
                             "file": {"type": "string", "description": "A path on the machine that runs the plugin's host.", "minLength": 1},
+                            "oci": {"type": "string", "description": "An OCI artifact holding the component (registry/repository:tag or @sha256:digest), pulled anonymously when the generation changes.", "minLength": 1},
                             "inline": {"type": "string", "format": "byte", "description": "The component's bytes, base64 (for small plugins)."}
                         },
                         "x-kubernetes-validations": [{
-                            "rule": "has(self.file) != has(self.inline)",
-                            "message": "exactly one of file or inline must be set"
+                            "rule": "(has(self.file) ? 1 : 0) + (has(self.oci) ? 1 : 0) + (has(self.inline) ? 1 : 0) == 1",
+                            "message": "exactly one of file, oci or inline must be set"
                         }]
                     },
                     "config": {

@@ -482,6 +482,19 @@ impl std::fmt::Display for FieldError {
     }
 }
 
+/// An error and its causes, `: `-joined, for messages a client
+/// sees without the server's logs (a `Status`, a Plugin's `status.lastError`).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    chain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

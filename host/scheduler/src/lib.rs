@@ -66,6 +66,8 @@ pub struct Config {
     pub percentage_of_nodes_to_score: u32,
     /// How many bindings may be in flight at once.
     pub parallel_bindings: usize,
+    /// Registries (`host:port`) that Plugin components are pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for Config {
@@ -78,6 +80,7 @@ impl Default for Config {
             }],
             percentage_of_nodes_to_score: 0,
             parallel_bindings: 64,
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -130,6 +133,7 @@ pub async fn run(
     let manager = tokio::spawn(plugins::manage(
         client,
         host,
+        skiff_oci::Registry::new(&config.insecure_registries),
         tx.clone(),
         reporter,
         shutdown.clone(),

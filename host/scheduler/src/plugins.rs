@@ -18,6 +18,7 @@ use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
+use skiff_core::status::error_chain;
 use skiff_plugin_host::{Host, Limits, PluginError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -50,6 +51,7 @@ struct Parsed {
 
 enum Source {
     File(String),
+    Oci(String),
     Inline(Vec<u8>),
 }
 
@@ -73,6 +75,8 @@ fn parse(obj: &DynamicObject) -> Result<Parsed, SpecError> {
     let component = &spec["component"];
     let source = if let Some(path) = component["file"].as_str() {
         Source::File(path.to_owned())
+    } else if let Some(reference) = component["oci"].as_str() {
+        Source::Oci(reference.to_owned())
     } else if let Some(b64) = component["inline"].as_str() {
         Source::Inline(
             base64::engine::general_purpose::STANDARD
@@ -80,7 +84,7 @@ fn parse(obj: &DynamicObject) -> Result<Parsed, SpecError> {
                 .map_err(|e| SpecError::Component(format!("inline is not base64: {e}")))?,
         )
     } else {
-        return Err(SpecError::Component("set file or inline".into()));
+        return Err(SpecError::Component("set file, oci or inline".into()));
     };
     let scheduler = &spec["scheduler"];
     let points = match scheduler["extensionPoints"].as_array() {
@@ -162,12 +166,49 @@ struct Loaded {
     seen: HashMap<String, i64>,
     /// The digest serving now.
     serving: HashMap<String, String>,
+    /// Generations whose load failed in a way another try may fix (a file not written yet,
+    /// a registry down), tried again with backoff as controllers requeue.
+    retries: HashMap<String, Retry>,
+}
+
+/// A failed load to try again.
+struct Retry {
+    obj: DynamicObject,
+    due: tokio::time::Instant,
+    backoff: Duration,
+}
+
+/// The first retry's delay; it doubles per failure up to [`MAX_RETRY_BACKOFF`].
+const FIRST_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Why a generation didn't load: the status message, and whether trying again may help.
+struct LoadError {
+    message: String,
+    transient: bool,
+}
+
+impl LoadError {
+    fn permanent(message: impl Into<String>) -> Self {
+        LoadError {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    fn transient(message: String) -> Self {
+        LoadError {
+            message,
+            transient: true,
+        }
+    }
 }
 
 /// Watches Plugin objects until cancelled.
 pub(crate) async fn manage(
     client: kube::Client,
     host: Arc<Host>,
+    registry: skiff_oci::Registry,
     tx: Sender<Msg>,
     reporter: Reporter,
     shutdown: CancellationToken,
@@ -176,14 +217,42 @@ pub(crate) async fn manage(
         let mut state = Loaded::default();
         let mut listed = HashSet::new();
         let mut stream = watcher(api(&client), watcher::Config::default()).boxed();
-        while let Some(event) = stream.next().await {
+        loop {
+            let due = state.retries.values().map(|r| r.due).min();
+            let event = tokio::select! {
+                event = stream.next() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+                () = async {
+                    match due {
+                        Some(due) => tokio::time::sleep_until(due).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = tokio::time::Instant::now();
+                    let ready: Vec<String> = state
+                        .retries
+                        .iter()
+                        .filter(|(_, r)| r.due <= now)
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    for name in ready {
+                        // Forgetting the generation makes apply try it again.
+                        let obj = state.retries[&name].obj.clone();
+                        state.seen.remove(&name);
+                        apply(&client, &host, &registry, &tx, &reporter, &mut state, obj).await;
+                    }
+                    continue;
+                }
+            };
             match event {
                 Ok(watcher::Event::Apply(obj)) => {
-                    apply(&client, &host, &tx, &reporter, &mut state, obj).await
+                    apply(&client, &host, &registry, &tx, &reporter, &mut state, obj).await
                 }
                 Ok(watcher::Event::InitApply(obj)) => {
                     listed.insert(obj.metadata.name.clone().unwrap_or_default());
-                    apply(&client, &host, &tx, &reporter, &mut state, obj).await
+                    apply(&client, &host, &registry, &tx, &reporter, &mut state, obj).await
                 }
                 Ok(watcher::Event::Delete(obj)) => {
                     let name = obj.metadata.name.unwrap_or_default();
@@ -221,6 +290,7 @@ pub(crate) async fn manage(
 
 fn unload(tx: &Sender<Msg>, state: &mut Loaded, name: &str) {
     state.seen.remove(name);
+    state.retries.remove(name);
     if state.serving.remove(name).is_some() {
         let _ = tx.send(Msg::Uninstall(name.to_owned()));
     }
@@ -229,6 +299,7 @@ fn unload(tx: &Sender<Msg>, state: &mut Loaded, name: &str) {
 async fn apply(
     client: &kube::Client,
     host: &Arc<Host>,
+    registry: &skiff_oci::Registry,
     tx: &Sender<Msg>,
     reporter: &Reporter,
     state: &mut Loaded,
@@ -247,8 +318,9 @@ async fn apply(
     }
     state.seen.insert(name.clone(), generation);
     let started = std::time::Instant::now();
-    let outcome = load(host, tx, &obj).await;
+    let outcome = load(host, registry, tx, &obj).await;
     let previous = state.serving.get(&name).cloned();
+    let retry = state.retries.remove(&name);
     match outcome {
         Ok(digest) => {
             let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -278,8 +350,25 @@ async fn apply(
             );
             state.serving.insert(name, digest);
         }
-        Err(message) => {
-            warn!(plugin.name = %name, generation, error = %message, "plugin not loaded");
+        Err(LoadError { message, transient }) => {
+            if transient {
+                // The same generation failing again backs off further; a new one starts over.
+                let backoff = match retry {
+                    Some(r) if r.obj.metadata.generation == obj.metadata.generation => {
+                        (r.backoff * 2).min(MAX_RETRY_BACKOFF)
+                    }
+                    _ => FIRST_RETRY_BACKOFF,
+                };
+                state.retries.insert(
+                    name.clone(),
+                    Retry {
+                        due: tokio::time::Instant::now() + backoff,
+                        backoff,
+                        obj: obj.clone(),
+                    },
+                );
+            }
+            warn!(plugin.name = %name, generation, error = %message, transient, "plugin not loaded");
             let (ready, reason, ready_message) = match &previous {
                 Some(digest) => (
                     true,
@@ -308,12 +397,30 @@ async fn apply(
 }
 
 /// Loads one Plugin generation into the scheduler; the error is the status message.
-async fn load(host: &Arc<Host>, tx: &Sender<Msg>, obj: &DynamicObject) -> Result<String, String> {
-    let parsed = parse(obj).map_err(|e| e.to_string())?;
+async fn load(
+    host: &Arc<Host>,
+    registry: &skiff_oci::Registry,
+    tx: &Sender<Msg>,
+    obj: &DynamicObject,
+) -> Result<String, LoadError> {
+    let parsed = parse(obj).map_err(|e| LoadError::permanent(e.to_string()))?;
     let bytes = match &parsed.source {
         Source::File(path) => tokio::fs::read(path)
             .await
-            .map_err(|e| format!("spec.component.file {path:?}: {e}"))?,
+            .map_err(|e| LoadError::transient(format!("spec.component.file {path:?}: {e}")))?,
+        Source::Oci(reference) => {
+            let pulled = registry.pull_component(reference).await.map_err(|e| {
+                let message = format!("spec.component.oci: {}", error_chain(&e));
+                // A registry that is down or lacks the tag yet may be fixed by waiting; a
+                // malformed reference or an artifact that is no component won't.
+                match e {
+                    skiff_oci::OciError::Registry { .. } => LoadError::transient(message),
+                    _ => LoadError::permanent(message),
+                }
+            })?;
+            info!(plugin.name = %parsed.spec.name, oci.reference = %reference, oci.manifest = %pulled.manifest_digest, "pulled component");
+            pulled.bytes
+        }
         Source::Inline(bytes) => bytes.clone(),
     };
     let host = host.clone();
@@ -327,8 +434,8 @@ async fn load(host: &Arc<Host>, tx: &Sender<Msg>, obj: &DynamicObject) -> Result
         Ok(pre)
     })
     .await
-    .map_err(|e| format!("the load task failed: {e}"))?
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| LoadError::permanent(format!("the load task failed: {e}")))?
+    .map_err(|e| LoadError::permanent(e.to_string()))?;
     let digest = pre.digest().to_owned();
     let (reply, answer) = tokio::sync::oneshot::channel();
     tx.send(Msg::Install(Box::new(crate::core::Install {
@@ -337,10 +444,10 @@ async fn load(host: &Arc<Host>, tx: &Sender<Msg>, obj: &DynamicObject) -> Result
         pre,
         reply,
     })))
-    .map_err(|_| "the scheduler is shutting down".to_owned())?;
+    .map_err(|_| LoadError::permanent("the scheduler is shutting down"))?;
     answer
         .await
-        .map_err(|_| "the scheduler is shutting down".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| LoadError::permanent("the scheduler is shutting down"))?
+        .map_err(|e| LoadError::permanent(e.to_string()))?;
     Ok(digest)
 }

@@ -1,6 +1,7 @@
 //! The `skiff` binary: subcommands, configuration and logging; the work is in the crates.
 
 mod bench;
+mod plugin;
 mod scheduler;
 mod server;
 
@@ -26,6 +27,8 @@ enum Command {
     Server(server::Args),
     /// Run the scheduler on its own, against a cluster's API.
     Scheduler(scheduler::Args),
+    /// Tools for plugin authors (push a component to a registry).
+    Plugin(plugin::Args),
     /// Measure a part of skiff and print a table.
     Bench(bench::Args),
 }
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Scheduler(args) => scheduler::run(args).await,
+            Command::Plugin(args) => plugin::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     })

@@ -13,6 +13,10 @@ pub struct SchedulerFlags {
     /// The scheduler's configuration (profiles, percentageOfNodesToScore), JSON or YAML.
     #[arg(long = "scheduler-config")]
     pub scheduler_config: Option<PathBuf>,
+    /// A registry (`host:port`) that Plugin components are pulled from over plain HTTP, as
+    /// containerd's insecure registries; repeatable, added to the configuration's.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
 }
 
 /// Flags of `skiff scheduler`.
@@ -30,12 +34,18 @@ pub struct Args {
 
 /// Reads the scheduler configuration file, if any.
 pub fn config(flags: &SchedulerFlags) -> anyhow::Result<skiff_scheduler::Config> {
-    let Some(path) = &flags.scheduler_config else {
-        return Ok(skiff_scheduler::Config::default());
+    let mut config: skiff_scheduler::Config = match &flags.scheduler_config {
+        None => skiff_scheduler::Config::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    config
+        .insecure_registries
+        .extend(flags.insecure_registries.iter().cloned());
+    Ok(config)
 }
 
 /// A client from a kubeconfig file.

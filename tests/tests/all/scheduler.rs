@@ -9,7 +9,7 @@ use crate::client;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
-use skiff_tests::{Kubectl, TestCluster, eventually};
+use skiff_tests::{Kubectl, TestCluster, TestRegistry, eventually, skiff_binary};
 
 fn component(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -415,6 +415,109 @@ fn a_wasm_plugin_changes_where_pods_land_and_is_swapped_and_unloaded_live() {
         r#"{"spec":{"nodeSelector":{"pool":"c"}}}"#,
     );
     assert_eq!(bound_node(&kubectl, "free", 15), "n3");
+}
+
+/// `skiff plugin push`, checked to succeed; returns its stdout (the manifest URL).
+fn push(component_name: &str, reference: &str, registry: &TestRegistry) -> String {
+    let out = std::process::Command::new(skiff_binary())
+        .args(["plugin", "push", &component(component_name), reference])
+        .args(["--insecure-registry", &registry.host])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "skiff plugin push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn oci_plugin(kubectl: &Kubectl, name: &str, reference: &str, extra: &str) {
+    kubectl.apply(
+        &format!(
+            "apiVersion: skiff.dev/v1alpha1\nkind: Plugin\nmetadata:\n  name: {name}\nspec:\n  kind: scheduler\n  component: {{oci: '{reference}'}}\n{extra}"
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn plugin_components_are_pulled_from_an_oci_registry() {
+    let registry = TestRegistry::start().unwrap();
+    let v1 = format!("{}/skiff/probe:v1", registry.host);
+    let url = push("probe", &v1, &registry);
+    assert!(
+        url.trim().starts_with(&format!(
+            "http://{}/v2/skiff/probe/manifests/sha256:",
+            registry.host
+        )),
+        "{url}"
+    );
+    let cluster = TestCluster::start_with(&["--insecure-registry", &registry.host]).unwrap();
+    let kubectl = cluster.kubectl();
+    nodes(&kubectl, &[("n1", "a", ""), ("n2", "b", "")]);
+
+    oci_plugin(&kubectl, "pool", &v1, "  config: {requireLabel: pool=b}\n");
+    let pulled = ready(&kubectl, "pool", 1);
+    assert_eq!(pulled["conditions"][1]["status"], "True", "{pulled}");
+    // The digest is the component's: the same bytes from a file give the same one.
+    plugin(
+        &kubectl,
+        "same",
+        "probe",
+        "  config: {requireLabel: pool=b}\n",
+    );
+    assert_eq!(pulled["digest"], ready(&kubectl, "same", 1)["digest"]);
+    kubectl.ok(&["delete", "plugin", "same"]);
+    run_pod(&kubectl, "p", "");
+    assert_eq!(bound_node(&kubectl, "p", 15), "n2");
+
+    // A malformed reference is reported and never retried into success.
+    oci_plugin(&kubectl, "malformed", "Not A Reference", "");
+    let s = ready(&kubectl, "malformed", 1);
+    assert_eq!(s["conditions"][1]["reason"], "LoadFailed", "{s}");
+    assert_eq!(
+        s["lastError"],
+        "spec.component.oci: \"Not A Reference\" is not an OCI reference: invalid reference format"
+    );
+
+    // A tag not pushed yet fails with the registry's answer, and loads once it is pushed:
+    // registry failures are retried with backoff.
+    let v2 = format!("{}/skiff/probe:v2", registry.host);
+    oci_plugin(&kubectl, "pool", &v2, "  config: {requireLabel: pool=a}\n");
+    let s = ready(&kubectl, "pool", 2);
+    let error = s["lastError"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "spec.component.oci: the registry request for {v2} failed"
+        )) && error.contains("manifest unknown"),
+        "{s}"
+    );
+    assert_eq!(s["conditions"][1]["reason"], "PreviousVersion", "{s}");
+    run_pod(&kubectl, "still-b", "");
+    assert_eq!(bound_node(&kubectl, "still-b", 15), "n2");
+    push("probe", &v2, &registry);
+    eventually(Duration::from_secs(20), || {
+        (status(&kubectl, "pool")["conditions"][0]["status"] == "True").then_some(())
+    })
+    .expect("the plugin never loaded after its tag was pushed");
+    run_pod(&kubectl, "now-a", "");
+    assert_eq!(bound_node(&kubectl, "now-a", 15), "n1");
+
+    // Registries not named insecure are spoken to over HTTPS only.
+    let server = TestCluster::start().unwrap();
+    let strict = server.kubectl();
+    oci_plugin(&strict, "tls", &v1, "");
+    let s = ready(&strict, "tls", 1);
+    let error = s["lastError"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "https://{}/v2/skiff/probe/manifests/v1",
+            registry.host
+        )),
+        "{s}"
+    );
 }
 
 #[test]

@@ -1,0 +1,254 @@
+//! skiff's registry client, over oci-client: pulls Wasm plugin components stored as OCI
+//! artifacts (and, for the node agent, container images), and pushes components for
+//! `skiff plugin push`.
+//!
+//! Components follow the CNCF Wasm OCI artifact layout that `wkg oci push` and `oras` write:
+//! one layer of media type `application/wasm` and a config of media type
+//! `application/vnd.wasm.config.v0+json`. The older `wasm-to-oci` layer type is accepted on
+//! pull. Registries are reached over HTTPS unless named insecure, like containerd's
+//! insecure registries: plain HTTP is for loopback registries in tests and on laptops.
+
+use std::str::FromStr as _;
+
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::manifest::{OciDescriptor, OciImageManifest, WASM_LAYER_MEDIA_TYPE};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use tracing::{debug, instrument};
+
+/// The layer media type of a Wasm component (CNCF Wasm OCI artifact).
+pub const WASM_LAYER: &str = "application/wasm";
+/// The config media type of a Wasm component (CNCF Wasm OCI artifact).
+pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+
+/// Components larger than this are refused before their bytes are fetched: a registry is
+/// not trusted to send a sane size, and the whole component is held in memory to compile.
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
+/// Why a pull or push failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OciError {
+    /// The reference doesn't parse (`registry/repository:tag` or `...@sha256:...`).
+    #[error("{reference:?} is not an OCI reference: {message}")]
+    Reference {
+        /// The reference as given.
+        reference: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The registry refused, could not be reached, or sent something malformed.
+    #[error("the registry request for {reference} failed")]
+    Registry {
+        /// The reference.
+        reference: String,
+        /// oci-client's error.
+        #[source]
+        source: oci_client::errors::OciDistributionError,
+    },
+    /// The artifact is not a single Wasm component.
+    #[error("{reference} is not a Wasm component artifact: {message}")]
+    NotAComponent {
+        /// The reference.
+        reference: String,
+        /// What was found instead.
+        message: String,
+    },
+}
+
+/// A component pulled from a registry.
+#[derive(Debug, Clone)]
+pub struct Component {
+    /// The manifest digest the reference resolved to (`sha256:...`).
+    pub manifest_digest: String,
+    /// The component's bytes, checked against the layer digest.
+    pub bytes: Vec<u8>,
+}
+
+/// A registry client; cheap to clone (one connection pool, one token cache).
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// A client that speaks plain HTTP to the registries in `insecure` (`host:port` as in
+    /// references) and HTTPS with the system's roots to every other one.
+    pub fn new(insecure: &[String]) -> Self {
+        // reqwest is built without a crypto provider of its own; skiff uses ring throughout.
+        // Installing fails only when one is already installed, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = ClientConfig {
+            protocol: if insecure.is_empty() {
+                ClientProtocol::Https
+            } else {
+                ClientProtocol::HttpsExcept(insecure.to_vec())
+            },
+            connect_timeout: Some(std::time::Duration::from_secs(10)),
+            read_timeout: Some(std::time::Duration::from_secs(30)),
+            ..Default::default()
+        };
+        Registry {
+            client: Client::new(config),
+        }
+    }
+
+    /// Pulls the Wasm component that `reference` names, anonymously.
+    #[instrument(skip(self), err)]
+    pub async fn pull_component(&self, reference: &str) -> Result<Component, OciError> {
+        let image = parse(reference)?;
+        let registry = |source| OciError::Registry {
+            reference: reference.to_owned(),
+            source,
+        };
+        let (manifest, manifest_digest) = self
+            .client
+            .pull_image_manifest(&image, &RegistryAuth::Anonymous)
+            .await
+            .map_err(registry)?;
+        let layer = component_layer(&manifest).map_err(|message| OciError::NotAComponent {
+            reference: reference.to_owned(),
+            message,
+        })?;
+        let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
+        self.client
+            .pull_blob(&image, layer, &mut bytes)
+            .await
+            .map_err(registry)?;
+        debug!(%manifest_digest, bytes = bytes.len(), "pulled component");
+        Ok(Component {
+            manifest_digest,
+            bytes,
+        })
+    }
+
+    /// Pushes `component` to `reference` as a Wasm OCI artifact, anonymously; returns the
+    /// manifest's URL.
+    #[instrument(skip(self, component), fields(bytes = component.len()), err)]
+    pub async fn push_component(
+        &self,
+        reference: &str,
+        component: Vec<u8>,
+    ) -> Result<String, OciError> {
+        let image = parse(reference)?;
+        // The CNCF artifact's config names the layer's digest and the OS/arch "wasip2".
+        let digest = format!("sha256:{}", sha256_hex(&component));
+        let config =
+            format!(r#"{{"architecture":"wasm","os":"wasip2","layerDigests":["{digest}"]}}"#);
+        let layers = [ImageLayer::new(component, WASM_LAYER.to_owned(), None)];
+        let config = Config::new(config.into_bytes(), WASM_CONFIG.to_owned(), None);
+        let response = self
+            .client
+            .push(&image, &layers, config, &RegistryAuth::Anonymous, None)
+            .await
+            .map_err(|source| OciError::Registry {
+                reference: reference.to_owned(),
+                source,
+            })?;
+        Ok(response.manifest_url)
+    }
+}
+
+fn parse(reference: &str) -> Result<Reference, OciError> {
+    Reference::from_str(reference).map_err(|e| OciError::Reference {
+        reference: reference.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The one Wasm layer of a component artifact, if the manifest is one and not too big.
+fn component_layer(manifest: &OciImageManifest) -> Result<&OciDescriptor, String> {
+    let wasm: Vec<_> = manifest
+        .layers
+        .iter()
+        .filter(|l| [WASM_LAYER, WASM_LAYER_MEDIA_TYPE].contains(&l.media_type.as_str()))
+        .collect();
+    let layer = match wasm.as_slice() {
+        [one] => *one,
+        [] => {
+            let types: Vec<_> = manifest.layers.iter().map(|l| &l.media_type).collect();
+            return Err(format!(
+                "no layer of media type {WASM_LAYER:?} (found {types:?})"
+            ));
+        }
+        more => return Err(format!("{} Wasm layers, expected one", more.len())),
+    };
+    if u64::try_from(layer.size).is_ok_and(|s| s > MAX_COMPONENT_BYTES) {
+        return Err(format!(
+            "the component is {} bytes, more than the {MAX_COMPONENT_BYTES} allowed",
+            layer.size
+        ));
+    }
+    Ok(layer)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(layers: &[(&str, i64)]) -> OciImageManifest {
+        OciImageManifest {
+            layers: layers
+                .iter()
+                .map(|(media_type, size)| OciDescriptor {
+                    media_type: (*media_type).to_owned(),
+                    digest: "sha256:00".into(),
+                    size: *size,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_component_artifact_has_exactly_one_wasm_layer_of_bounded_size() {
+        let m = manifest(&[(WASM_LAYER, 10)]);
+        assert_eq!(component_layer(&m).unwrap().size, 10);
+        let m = manifest(&[(WASM_LAYER_MEDIA_TYPE, 10)]);
+        assert_eq!(component_layer(&m).unwrap().size, 10);
+        let m = manifest(&[("application/vnd.oci.image.layer.v1.tar+gzip", 10)]);
+        assert_eq!(
+            component_layer(&m).unwrap_err(),
+            "no layer of media type \"application/wasm\" (found [\"application/vnd.oci.image.layer.v1.tar+gzip\"])"
+        );
+        let m = manifest(&[(WASM_LAYER, 10), (WASM_LAYER, 11)]);
+        assert_eq!(
+            component_layer(&m).unwrap_err(),
+            "2 Wasm layers, expected one"
+        );
+        let m = manifest(&[(WASM_LAYER, (MAX_COMPONENT_BYTES + 1) as i64)]);
+        assert!(
+            component_layer(&m)
+                .unwrap_err()
+                .starts_with("the component is 67108865 bytes")
+        );
+    }
+
+    #[test]
+    fn references_are_checked_before_any_request() {
+        let err = parse("Not A Reference").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("\"Not A Reference\" is not an OCI reference"),
+            "{err}"
+        );
+        assert_eq!(
+            parse("127.0.0.1:5000/skiff/zone-spread:v1")
+                .unwrap()
+                .registry(),
+            "127.0.0.1:5000"
+        );
+    }
+}
