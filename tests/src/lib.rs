@@ -376,55 +376,65 @@ pub struct TestRegistry {
 }
 
 impl TestRegistry {
-    /// Starts the registry and waits until it answers `GET /v2/`.
+    /// Starts the registry on a port the kernel picks and waits until it answers `GET /v2/`.
     pub fn start() -> Result<Self> {
         let binary = Path::new("/usr/bin/docker-registry");
         if !binary.exists() {
             bail!("/usr/bin/docker-registry is missing: scripts/test.sh installs docker-registry");
         }
-        // The port is chosen by binding and releasing it; another process could take it in
-        // between, so a registry that doesn't come up is retried on a new port.
-        let mut last = String::new();
-        for _ in 0..3 {
-            let dir = tempfile::tempdir()?;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
-            let host = format!("127.0.0.1:{port}");
-            let config = dir.path().join("config.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
-                    dir.path().join("data").display()
-                ),
-            )?;
-            let log = dir.path().join("registry.log");
-            let mut child = Command::new(binary)
-                .arg("serve")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?)
-                .spawn()
-                .context("starting docker-registry")?;
-            let up = eventually(Duration::from_secs(10), || {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return Some(false);
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting docker-registry")?;
+        // It logs `msg="listening on 127.0.0.1:PORT"` once bound; the rest of its log is kept
+        // for the error message.
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("msg=\"listening on ").nth(1)
+                    && let Some(host) = rest.split('"').next()
+                {
+                    let _ = tx.send(Ok(host.to_owned()));
                 }
-                answers_v2(&host).then_some(true)
-            });
-            if up == Some(true) {
-                return Ok(TestRegistry {
-                    host,
-                    child,
-                    _dir: dir,
-                });
+                seen.push(line);
             }
+            let _ = tx.send(Err(seen.join("\n")));
+        });
+        let host = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(host)) => host,
+            outcome => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = match outcome {
+                    Ok(Err(log)) => log,
+                    _ => "(no output in 10 s)".to_owned(),
+                };
+                bail!("docker-registry did not start:\n{log}");
+            }
+        };
+        if eventually(Duration::from_secs(10), || answers_v2(&host).then_some(())).is_none() {
             let _ = child.kill();
-            let _ = child.wait();
-            last = std::fs::read_to_string(&log).unwrap_or_default();
+            bail!("docker-registry at {host} does not answer GET /v2/");
         }
-        bail!("docker-registry did not start:\n{last}")
+        Ok(TestRegistry {
+            host,
+            child,
+            _dir: dir,
+        })
     }
 }
 

@@ -9,9 +9,15 @@
 //! insecure registries: plain HTTP is for loopback registries in tests and on laptops.
 
 use std::str::FromStr as _;
+use std::time::Duration;
 
+use futures::StreamExt as _;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::manifest::{OciDescriptor, OciImageManifest, WASM_LAYER_MEDIA_TYPE};
+use oci_client::config::Architecture;
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::{
+    ImageIndexEntry, OciDescriptor, OciImageManifest, WASM_LAYER_MEDIA_TYPE,
+};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tracing::{debug, instrument};
@@ -24,6 +30,10 @@ pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 /// Components larger than this are refused before their bytes are fetched: a registry is
 /// not trusted to send a sane size, and the whole component is held in memory to compile.
 pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
+/// A whole pull (manifest and blob) gives up after this long: the per-read timeout alone
+/// lets a registry that trickles bytes hold a pull forever.
+pub const PULL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a pull or push failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +64,32 @@ pub enum OciError {
         /// What was found instead.
         message: String,
     },
+    /// The pull took longer than [`PULL_TIMEOUT`].
+    #[error("pulling {reference} took longer than {}s", PULL_TIMEOUT.as_secs())]
+    Timeout {
+        /// The reference.
+        reference: String,
+    },
+}
+
+impl OciError {
+    /// Whether trying again later may succeed: the registry was unreachable, overloaded or
+    /// slow, or doesn't have the tag yet (it may be pushed next). A malformed reference, a
+    /// refused login, or an artifact that is no component stays that way.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            OciError::Timeout { .. } => true,
+            OciError::Registry { source, .. } => {
+                matches!(
+                    source,
+                    OciDistributionError::RequestError(_)
+                        | OciDistributionError::IoError(_)
+                        | OciDistributionError::RegistryError { .. }
+                ) || matches!(source, OciDistributionError::ServerError { code, .. } if *code >= 500 || *code == 429)
+            }
+            OciError::Reference { .. } | OciError::NotAComponent { .. } => false,
+        }
+    }
 }
 
 /// A component pulled from a registry.
@@ -90,8 +126,9 @@ impl Registry {
             } else {
                 ClientProtocol::HttpsExcept(insecure.to_vec())
             },
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(30)),
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(30)),
+            platform_resolver: Some(Box::new(wasm_first)),
             ..Default::default()
         };
         Registry {
@@ -102,6 +139,16 @@ impl Registry {
     /// Pulls the Wasm component that `reference` names, anonymously.
     #[instrument(skip(self), err)]
     pub async fn pull_component(&self, reference: &str) -> Result<Component, OciError> {
+        tokio::time::timeout(PULL_TIMEOUT, self.pull(reference))
+            .await
+            .unwrap_or_else(|_| {
+                Err(OciError::Timeout {
+                    reference: reference.to_owned(),
+                })
+            })
+    }
+
+    async fn pull(&self, reference: &str) -> Result<Component, OciError> {
         let image = parse(reference)?;
         let registry = |source| OciError::Registry {
             reference: reference.to_owned(),
@@ -116,11 +163,25 @@ impl Registry {
             reference: reference.to_owned(),
             message,
         })?;
-        let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
-        self.client
-            .pull_blob(&image, layer, &mut bytes)
+        // The declared size was checked against the cap; the registry is held to it while
+        // the bytes stream in (oci-client checks the digest only at the end).
+        let declared = usize::try_from(layer.size).unwrap_or(0);
+        let mut stream = self
+            .client
+            .pull_blob_stream(&image, layer)
             .await
             .map_err(registry)?;
+        let mut bytes = Vec::with_capacity(declared);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| registry(OciDistributionError::IoError(e)))?;
+            if bytes.len() + chunk.len() > declared {
+                return Err(OciError::NotAComponent {
+                    reference: reference.to_owned(),
+                    message: format!("the registry sent more than the {declared} bytes declared"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         debug!(%manifest_digest, bytes = bytes.len(), "pulled component");
         Ok(Component {
             manifest_digest,
@@ -137,11 +198,12 @@ impl Registry {
         component: Vec<u8>,
     ) -> Result<String, OciError> {
         let image = parse(reference)?;
-        // The CNCF artifact's config names the layer's digest and the OS/arch "wasip2".
-        let digest = format!("sha256:{}", sha256_hex(&component));
-        let config =
-            format!(r#"{{"architecture":"wasm","os":"wasip2","layerDigests":["{digest}"]}}"#);
         let layers = [ImageLayer::new(component, WASM_LAYER.to_owned(), None)];
+        // The CNCF artifact's config names the layer's digest and the OS/arch "wasip2".
+        let config = format!(
+            r#"{{"architecture":"wasm","os":"wasip2","layerDigests":["{}"]}}"#,
+            layers[0].sha256_digest()
+        );
         let config = Config::new(config.into_bytes(), WASM_CONFIG.to_owned(), None);
         let response = self
             .client
@@ -188,9 +250,18 @@ fn component_layer(manifest: &OciImageManifest) -> Result<&OciDescriptor, String
     Ok(layer)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(bytes))
+/// Picks a Wasm entry of an image index (components are one platform: `wasm`), else the
+/// host's platform (container images).
+fn wasm_first(entries: &[ImageIndexEntry]) -> Option<String> {
+    entries
+        .iter()
+        .find(|e| {
+            e.platform
+                .as_ref()
+                .is_some_and(|p| p.architecture == Architecture::Wasm)
+        })
+        .map(|e| e.digest.clone())
+        .or_else(|| oci_client::client::current_platform_resolver(entries))
 }
 
 #[cfg(test)]
@@ -250,5 +321,46 @@ mod tests {
                 .registry(),
             "127.0.0.1:5000"
         );
+    }
+
+    #[test]
+    fn an_image_index_resolves_to_its_wasm_entry_first() {
+        let entries: Vec<ImageIndexEntry> = serde_json::from_value(serde_json::json!([
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:aa",
+             "size": 1, "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:bb",
+             "size": 1, "platform": {"architecture": "wasm", "os": "wasip2"}},
+        ]))
+        .unwrap();
+        assert_eq!(wasm_first(&entries).as_deref(), Some("sha256:bb"));
+        // Without a Wasm entry, the host's platform (container images).
+        let host = oci_client::client::current_platform_resolver(&entries[..1]);
+        assert_eq!(wasm_first(&entries[..1]), host);
+    }
+
+    #[test]
+    fn only_failures_that_may_pass_are_transient() {
+        let registry = |source| OciError::Registry {
+            reference: "r".into(),
+            source,
+        };
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: "u".into(),
+            message: "m".into(),
+        };
+        assert!(registry(server(503)).is_transient());
+        assert!(registry(server(429)).is_transient());
+        assert!(!registry(server(400)).is_transient());
+        assert!(
+            !registry(OciDistributionError::UnauthorizedError { url: "u".into() }).is_transient()
+        );
+        assert!(
+            OciError::Timeout {
+                reference: "r".into()
+            }
+            .is_transient()
+        );
+        assert!(!parse("Not A Reference").unwrap_err().is_transient());
     }
 }

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use skiff_core::status::error_chain;
 use skiff_plugin_host::{Host, Limits, PluginError};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::core::Msg;
 use crate::report::Reporter;
@@ -176,6 +176,8 @@ struct Retry {
     obj: DynamicObject,
     due: tokio::time::Instant,
     backoff: Duration,
+    /// The failure's message: a retry that fails the same way writes no status or event.
+    message: String,
 }
 
 /// The first retry's delay; it doubles per failure up to [`MAX_RETRY_BACKOFF`].
@@ -351,22 +353,26 @@ async fn apply(
             state.serving.insert(name, digest);
         }
         Err(LoadError { message, transient }) => {
+            let retry = retry.filter(|r| r.obj.metadata.generation == obj.metadata.generation);
+            let repeated = retry.as_ref().is_some_and(|r| r.message == message);
             if transient {
                 // The same generation failing again backs off further; a new one starts over.
-                let backoff = match retry {
-                    Some(r) if r.obj.metadata.generation == obj.metadata.generation => {
-                        (r.backoff * 2).min(MAX_RETRY_BACKOFF)
-                    }
-                    _ => FIRST_RETRY_BACKOFF,
-                };
+                let backoff = retry.map_or(FIRST_RETRY_BACKOFF, |r| {
+                    (r.backoff * 2).min(MAX_RETRY_BACKOFF)
+                });
                 state.retries.insert(
                     name.clone(),
                     Retry {
                         due: tokio::time::Instant::now() + backoff,
                         backoff,
                         obj: obj.clone(),
+                        message: message.clone(),
                     },
                 );
+            }
+            if repeated {
+                debug!(plugin.name = %name, generation, error = %message, "plugin still not loaded");
+                return;
             }
             warn!(plugin.name = %name, generation, error = %message, transient, "plugin not loaded");
             let (ready, reason, ready_message) = match &previous {
@@ -411,11 +417,10 @@ async fn load(
         Source::Oci(reference) => {
             let pulled = registry.pull_component(reference).await.map_err(|e| {
                 let message = format!("spec.component.oci: {}", error_chain(&e));
-                // A registry that is down or lacks the tag yet may be fixed by waiting; a
-                // malformed reference or an artifact that is no component won't.
-                match e {
-                    skiff_oci::OciError::Registry { .. } => LoadError::transient(message),
-                    _ => LoadError::permanent(message),
+                if e.is_transient() {
+                    LoadError::transient(message)
+                } else {
+                    LoadError::permanent(message)
                 }
             })?;
             info!(plugin.name = %parsed.spec.name, oci.reference = %reference, oci.manifest = %pulled.manifest_digest, "pulled component");

@@ -191,3 +191,104 @@ impl Queue {
         self.backoff.peek().map(|Reverse((t, _))| *t)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str, priority: i32) -> Arc<PodInfo> {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": uid, "namespace": "default", "uid": uid},
+            "spec": {"containers": [{"name": "c", "image": "x"}], "priority": priority},
+        }))
+        .unwrap();
+        Arc::new(PodInfo::new(Arc::new(pod)))
+    }
+
+    fn drain(q: &mut Queue, now: Instant) -> Vec<String> {
+        std::iter::from_fn(|| q.pop(now).map(|p| p.uid.clone())).collect()
+    }
+
+    #[test]
+    fn active_pods_pop_by_priority_then_arrival() {
+        let mut q = Queue::default();
+        for (uid, priority) in [("a", 0), ("b", 10), ("c", 0), ("d", 10), ("e", -5)] {
+            q.add_or_update(pod(uid, priority));
+        }
+        assert_eq!(drain(&mut q, Instant::now()), ["b", "d", "a", "c", "e"]);
+        // Popped pods stay known (in flight) until bound or deleted.
+        assert_eq!(q.len(), 5);
+        for uid in ["a", "b", "c", "d", "e"] {
+            q.remove(uid);
+        }
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn failures_back_off_doubling_up_to_the_maximum() {
+        let mut q = Queue::default();
+        let t0 = Instant::now();
+        q.add_or_update(pod("a", 0));
+        let mut now = t0;
+        for expected in [1, 2, 4, 8, 10, 10] {
+            assert_eq!(drain(&mut q, now), ["a"]);
+            q.backoff("a", now);
+            let due = q.next_due().unwrap();
+            assert_eq!(due - now, Duration::from_secs(expected));
+            // Not before it is due, however often the queue is asked.
+            assert!(q.pop(due - Duration::from_millis(1)).is_none());
+            now = due;
+        }
+        assert_eq!(drain(&mut q, now), ["a"]);
+    }
+
+    #[test]
+    fn parked_pods_return_on_cluster_changes_updates_and_the_periodic_flush() {
+        let mut q = Queue::default();
+        let t0 = Instant::now();
+        for uid in ["a", "b", "c"] {
+            q.add_or_update(pod(uid, 0));
+        }
+        assert_eq!(drain(&mut q, t0).len(), 3);
+        for uid in ["a", "b", "c"] {
+            q.unschedulable(uid, t0);
+        }
+        assert!(q.pop(t0).is_none());
+
+        // An update of a parked pod (its spec may fit now) makes it active at once.
+        q.add_or_update(pod("b", 0));
+        assert_eq!(drain(&mut q, t0), ["b"]);
+
+        // A cluster change moves the others back, but not before their backoff ends.
+        q.move_unschedulable(t0 + Duration::from_millis(500));
+        assert!(q.pop(t0 + Duration::from_millis(500)).is_none());
+        let mut back = drain(&mut q, t0 + INITIAL_BACKOFF);
+        back.sort();
+        assert_eq!(back, ["a", "c"]);
+
+        // Without any change, a parked pod is retried after UNSCHEDULABLE_FLUSH.
+        q.unschedulable("a", t0 + INITIAL_BACKOFF);
+        q.flush_stale(t0 + INITIAL_BACKOFF + UNSCHEDULABLE_FLUSH - Duration::from_secs(1));
+        assert!(q.pop(t0 + UNSCHEDULABLE_FLUSH).is_none());
+        q.flush_stale(t0 + INITIAL_BACKOFF + UNSCHEDULABLE_FLUSH);
+        assert_eq!(
+            drain(&mut q, t0 + INITIAL_BACKOFF + UNSCHEDULABLE_FLUSH),
+            ["a"]
+        );
+    }
+
+    #[test]
+    fn removed_and_reactivated_pods_leave_no_stale_turns() {
+        let mut q = Queue::default();
+        let now = Instant::now();
+        q.add_or_update(pod("a", 0));
+        q.add_or_update(pod("b", 0));
+        q.remove("a");
+        assert_eq!(drain(&mut q, now), ["b"]);
+        // A pod backing off and then parked-and-moved is popped once, not once per turn.
+        q.unschedulable("b", now);
+        q.add_or_update(pod("b", 0));
+        q.move_unschedulable(now);
+        assert_eq!(drain(&mut q, now + MAX_BACKOFF), ["b"]);
+    }
+}

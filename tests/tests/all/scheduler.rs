@@ -498,7 +498,8 @@ fn plugin_components_are_pulled_from_an_oci_registry() {
     run_pod(&kubectl, "still-b", "");
     assert_eq!(bound_node(&kubectl, "still-b", 15), "n2");
     push("probe", &v2, &registry);
-    eventually(Duration::from_secs(20), || {
+    // Retries back off (1 s doubling); on a loaded machine the next one may be a while.
+    eventually(Duration::from_secs(60), || {
         (status(&kubectl, "pool")["conditions"][0]["status"] == "True").then_some(())
     })
     .expect("the plugin never loaded after its tag was pushed");
