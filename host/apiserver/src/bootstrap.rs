@@ -95,10 +95,7 @@ pub(crate) async fn ensure_builtin_objects(server: &Arc<ApiServer>) -> Result<()
         }),
     )
     .await?;
-    for (name, value) in [
-        ("system-node-critical", 2_000_001_000),
-        ("system-cluster-critical", 2_000_000_000),
-    ] {
+    for (name, value) in skiff_core::validation::SYSTEM_PRIORITY_CLASSES {
         ensure(
             server,
             "scheduling.k8s.io",

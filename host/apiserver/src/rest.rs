@@ -464,6 +464,41 @@ pub(crate) async fn require_namespace(ctx: &Ctx, name: &str) -> Result<(), ApiEr
     Ok(())
 }
 
+/// The Priority admission plugin for PriorityClasses: only one may be `globalDefault`.
+pub(crate) async fn admit_priority_class(ctx: &Ctx, obj: &Value) -> Result<(), ApiError> {
+    if obj["globalDefault"] != true {
+        return Ok(());
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let all = ctx
+        .store()
+        .list(ListOptions {
+            prefix: collection_prefix(&ctx.def, None),
+            ..Default::default()
+        })
+        .await
+        .map_err(store_error)?;
+    for stored in &all.items {
+        let class = to_value(stored)?;
+        let other = class["metadata"]["name"].as_str().unwrap_or_default();
+        if class["globalDefault"] == true && other != name {
+            return Err(ApiError::forbidden(
+                "scheduling.k8s.io",
+                "priorityclasses",
+                name,
+                &format!(
+                    "PriorityClass {other} is already marked as default. Only one default can exist"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_priority_class(ctx: &Ctx) -> bool {
+    ctx.def.group == "scheduling.k8s.io" && ctx.def.plural == "priorityclasses"
+}
+
 /// The Priority admission plugin: a new pod's `priorityClassName`, or else the class marked
 /// `globalDefault` (the lowest-valued if several are), sets `spec.priority` and
 /// `spec.preemptionPolicy`; an unknown class, or a pod spelling out different values, is
@@ -954,6 +989,9 @@ pub(crate) async fn create_object(
     if ctx.def.group.is_empty() && ctx.def.plural == "pods" {
         admit_priority(ctx, &mut obj).await?;
     }
+    if is_priority_class(ctx) {
+        admit_priority_class(ctx, &obj).await?;
+    }
     let attempts = if has_name || generate.is_none() { 1 } else { 8 };
     let mut last_err = None;
     for _ in 0..attempts {
@@ -1140,6 +1178,9 @@ pub(crate) async fn write_update(
             ));
         }
         let mut new = ctx.server.prepare_update(&ctx.def, new, &old, mode)?;
+        if is_priority_class(ctx) {
+            admit_priority_class(ctx, &new).await?;
+        }
         if let Track::Update(manager) = track {
             let now = now();
             let writer = ctx.writer(manager, &api_version, mode, &now);

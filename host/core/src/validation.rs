@@ -133,6 +133,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Fiel
         },
         ("", "services") => service(obj, &mut errs),
         ("", "nodes") => node_taints(obj, &mut errs),
+        ("scheduling.k8s.io", "priorityclasses") => priority_class(obj, &mut errs),
         ("", "configmaps") => data_keys(obj, &["data", "binaryData"], &mut errs),
         ("", "secrets") => data_keys(obj, &["data", "stringData"], &mut errs),
         ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets") => {
@@ -874,6 +875,61 @@ fn hpa(obj: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// The highest `value` of a PriorityClass that isn't one of the system's.
+pub const HIGHEST_USER_DEFINABLE_PRIORITY: i64 = 1_000_000_000;
+
+/// The system's PriorityClasses, which the server creates, and their values.
+pub const SYSTEM_PRIORITY_CLASSES: [(&str, i64); 2] = [
+    ("system-node-critical", 2_000_001_000),
+    ("system-cluster-critical", 2_000_000_000),
+];
+
+/// `system-` names are the system's classes only; user classes stay at or below a billion.
+fn priority_class(obj: &Value, errs: &mut Vec<FieldError>) {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let value = obj.get("value").and_then(Value::as_i64).unwrap_or(0);
+    if name.starts_with("system-") {
+        let known = SYSTEM_PRIORITY_CLASSES.iter().find(|(n, _)| *n == name);
+        let why = match known {
+            None => Some(format!("{name} is not a known system priority class")),
+            Some((_, v)) if *v != value => {
+                Some(format!("value of {name} PriorityClass must be {v}"))
+            }
+            Some(_) if obj["globalDefault"] == true => Some(format!(
+                "globalDefault of {name} PriorityClass must be false"
+            )),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            errs.push(FieldError::forbidden(
+                "metadata.name",
+                format!(
+                    "priority class names with 'system-' prefix are reserved for system use only. error: {why}"
+                ),
+            ));
+        }
+    } else if value > HIGHEST_USER_DEFINABLE_PRIORITY {
+        errs.push(FieldError::forbidden(
+            "value",
+            format!(
+                "maximum allowed value of a user defined priority is {HIGHEST_USER_DEFINABLE_PRIORITY}"
+            ),
+        ));
+    }
+    if let Some(policy) = obj.get("preemptionPolicy").and_then(Value::as_str)
+        && !["PreemptLowerPriority", "Never"].contains(&policy)
+    {
+        errs.push(FieldError::not_supported(
+            "preemptionPolicy",
+            policy,
+            &["Never", "PreemptLowerPriority"],
+        ));
+    }
+}
+
 /// Fields that may not change after creation.
 fn immutable(def: &ResourceDef, new: &Value, old: &Value, errs: &mut Vec<FieldError>) {
     no_new_finalizers_while_deleting(new, old, errs);
@@ -945,6 +1001,16 @@ fn immutable(def: &ResourceDef, new: &Value, old: &Value, errs: &mut Vec<FieldEr
                     field_is_immutable(f, errs);
                 }
             }
+        }
+        ("scheduling.k8s.io", "priorityclasses") => {
+            // Pods already carry the old value; changing it would silently split them.
+            if !same("/value") {
+                errs.push(FieldError::forbidden(
+                    "value",
+                    "may not be changed in an update.",
+                ));
+            }
+            field_is_immutable("/preemptionPolicy", errs);
         }
         ("batch", "jobs") => {
             field_is_immutable("/spec/selector", errs);
@@ -1146,5 +1212,43 @@ mod tests {
         assert!(validate(pods, &new, Some(&old)).is_empty());
         new["spec"]["containers"][0]["command"] = json!(["x"]);
         assert_eq!(validate(pods, &new, Some(&old)).len(), 1);
+    }
+
+    #[test]
+    fn priority_classes_keep_system_names_and_values_for_the_system() {
+        let errors = |obj: Value| check("scheduling.k8s.io", "priorityclasses", obj);
+        let class = |name: &str, value: i64| json!({"metadata": {"name": name}, "value": value});
+        assert!(errors(class("high", 1_000_000_000)).is_empty());
+        assert!(errors(class("system-node-critical", 2_000_001_000)).is_empty());
+        assert_eq!(
+            errors(class("high", 1_000_000_001)),
+            ["value: Forbidden: maximum allowed value of a user defined priority is 1000000000"]
+        );
+        assert_eq!(
+            errors(class("system-mine", 5)),
+            [
+                "metadata.name: Forbidden: priority class names with 'system-' prefix are reserved for system use only. error: system-mine is not a known system priority class"
+            ]
+        );
+        assert_eq!(
+            errors(class("system-cluster-critical", 7)),
+            [
+                "metadata.name: Forbidden: priority class names with 'system-' prefix are reserved for system use only. error: value of system-cluster-critical PriorityClass must be 2000000000"
+            ]
+        );
+        let reg = Registry::builtin();
+        let def = reg
+            .resources()
+            .iter()
+            .find(|r| r.plural == "priorityclasses")
+            .unwrap();
+        let changed: Vec<String> = validate(def, &class("high", 11), Some(&class("high", 10)))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            changed,
+            ["value: Forbidden: may not be changed in an update."]
+        );
     }
 }

@@ -601,4 +601,129 @@ pub(crate) mod tests {
         assert!(NodePorts.filter_node(&with_port("10.0.0.2"), n).is_none());
         assert!(NodePorts.filter_node(&with_port(""), n).is_some());
     }
+
+    #[test]
+    fn node_affinity_terms_are_ored_their_requirements_anded() {
+        let mut cache = Cache::default();
+        cache.upsert_node(node(
+            "a",
+            serde_json::json!({"zone": "z1", "gen": "5"}),
+            serde_json::json!({}),
+            "4",
+        ));
+        let n = cache.node(0).unwrap();
+        let terms = |terms: serde_json::Value, selector: serde_json::Value| {
+            pod(serde_json::json!({
+                "containers": [container("1m")],
+                "nodeSelector": selector,
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                    {"nodeSelectorTerms": terms}}}
+            }))
+        };
+        let fits = |p: &PodInfo| NodeAffinity.filter_node(p, n).is_none();
+        let zone = |z: &str| serde_json::json!({"key": "zone", "operator": "In", "values": [z]});
+        let gen_over = |g: &str| serde_json::json!({"key": "gen", "operator": "Gt", "values": [g]});
+        let none = serde_json::json!({});
+        // One term holding is enough; within a term every requirement must hold.
+        assert!(fits(&terms(
+            serde_json::json!([{"matchExpressions": [zone("z9")]}, {"matchExpressions": [zone("z1"), gen_over("4")]}]),
+            none.clone()
+        )));
+        assert!(!fits(&terms(
+            serde_json::json!([{"matchExpressions": [zone("z1"), gen_over("9")]}]),
+            none.clone()
+        )));
+        // matchFields knows metadata.name, and is ANDed with the term's expressions.
+        let name =
+            |v: &str| serde_json::json!({"key": "metadata.name", "operator": "In", "values": [v]});
+        assert!(fits(&terms(
+            serde_json::json!([{"matchFields": [name("a")], "matchExpressions": [zone("z1")]}]),
+            none.clone()
+        )));
+        assert!(!fits(&terms(
+            serde_json::json!([{"matchFields": [name("b")], "matchExpressions": [zone("z1")]}]),
+            none.clone()
+        )));
+        // An empty term matches nothing; nodeSelector must hold as well as the affinity.
+        assert!(!fits(&terms(serde_json::json!([{}]), none)));
+        assert!(!fits(&terms(
+            serde_json::json!([{"matchExpressions": [zone("z1")]}]),
+            serde_json::json!({"gen": "6"})
+        )));
+        assert!(fits(&terms(
+            serde_json::json!([{"matchExpressions": [zone("z1")]}]),
+            serde_json::json!({"gen": "5"})
+        )));
+    }
+
+    #[test]
+    fn preferred_affinity_and_prefer_no_schedule_taints_weigh_in_scoring() {
+        let prefer = serde_json::json!({"taints": [{"key": "spot", "value": "yes", "effect": "PreferNoSchedule"}]});
+        let prefers_z2 = |weight: i32| {
+            pod(serde_json::json!({
+                "containers": [container("1m")],
+                "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": weight, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["z2"]}]}},
+                    {"weight": 7, "preference": {"matchExpressions": [{"key": "zone", "operator": "Exists"}]}},
+                ]}}
+            }))
+        };
+        let placed = |nodes: Vec<NodeInfo>, pod: &PodInfo| {
+            let mut cache = Cache::default();
+            for n in nodes {
+                cache.upsert_node(n);
+            }
+            let d = profile().schedule(pod, &cache).unwrap();
+            cache.node(d.slot).unwrap().info.name().to_owned()
+        };
+        let plain = || node("plain", serde_json::json!({}), serde_json::json!({}), "4");
+        let z2 = |spec: &serde_json::Value| {
+            node("z2", serde_json::json!({"zone": "z2"}), spec.clone(), "4")
+        };
+
+        // Preferred terms add their weights: z2 scores 10 + 7 for this pod.
+        let mut cache = Cache::default();
+        cache.upsert_node(z2(&serde_json::json!({})));
+        assert_eq!(
+            NodeAffinity.score_node(&prefers_z2(10), cache.node(0).unwrap()),
+            17
+        );
+        assert_eq!(
+            placed(vec![plain(), z2(&serde_json::json!({}))], &prefers_z2(10)),
+            "z2"
+        );
+
+        // A PreferNoSchedule taint counts unless tolerated for that effect (or any effect).
+        let plain_pod = pod(serde_json::json!({"containers": [container("1m")]}));
+        assert_eq!(placed(vec![z2(&prefer), plain()], &plain_pod), "plain");
+        let mut cache = Cache::default();
+        cache.upsert_node(z2(&prefer));
+        let tainted = cache.node(0).unwrap();
+        let tolerating = |effect: serde_json::Value| {
+            pod(serde_json::json!({"containers": [container("1m")],
+                "tolerations": [{"key": "spot", "operator": "Exists", "effect": effect}]}))
+        };
+        assert_eq!(TaintToleration.score_node(&plain_pod, tainted), 1);
+        assert_eq!(
+            TaintToleration.score_node(&tolerating("PreferNoSchedule".into()), tainted),
+            0
+        );
+        assert_eq!(
+            TaintToleration.score_node(&tolerating(serde_json::Value::Null), tainted),
+            0
+        );
+        assert_eq!(
+            TaintToleration.score_node(&tolerating("NoSchedule".into()), tainted),
+            1
+        );
+        // Neither kind of preference filters: the tainted node still fits.
+        assert!(TaintToleration.filter_node(&plain_pod, tainted).is_none());
+
+        // kube's weights: TaintToleration (3) outweighs NodeAffinity (2), so even the
+        // strongest preference for a node doesn't beat its untolerated PreferNoSchedule taint.
+        assert_eq!(
+            placed(vec![z2(&prefer), plain()], &prefers_z2(100)),
+            "plain"
+        );
+    }
 }

@@ -17,7 +17,9 @@ use tracing::warn;
 use crate::model::PodInfo;
 use crate::wasm::WasmSpec;
 
-/// The `source.component` / `reportingComponent` of the scheduler's events.
+/// The `source.component` / `reportingComponent` of the scheduler's own events (about
+/// plugins); events about a pod name the profile (`schedulerName`) that handled it, as
+/// kube-scheduler's per-profile recorders do.
 pub(crate) const COMPONENT: &str = "default-scheduler";
 /// A failing plugin's status and events are written at most this often.
 const PLUGIN_REPORT_INTERVAL: Duration = Duration::from_secs(2);
@@ -112,6 +114,7 @@ fn event_name(object: &str) -> String {
 }
 
 fn event(
+    component: &str,
     namespace: &str,
     involved: Value,
     warning: bool,
@@ -128,9 +131,9 @@ fn event(
         "type": if warning { "Warning" } else { "Normal" },
         "reason": reason,
         "message": message,
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT,
-        "reportingInstance": COMPONENT,
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
         "firstTimestamp": time,
         "lastTimestamp": time,
         "count": 1,
@@ -204,6 +207,7 @@ async fn work(client: kube::Client, mut rx: UnboundedReceiver<Report>) {
                 failures.remove(&pod.uid);
                 let message = format!("Successfully assigned {} to {node}", pod.key);
                 let e = event(
+                    &pod.scheduler_name,
                     pod.namespace(),
                     pod_ref(&pod),
                     false,
@@ -231,6 +235,7 @@ async fn work(client: kube::Client, mut rx: UnboundedReceiver<Report>) {
                     continue;
                 }
                 let e = event(
+                    &pod.scheduler_name,
                     pod.namespace(),
                     pod_ref(&pod),
                     true,
@@ -299,7 +304,9 @@ async fn work(client: kube::Client, mut rx: UnboundedReceiver<Report>) {
                     plugins.remove(&name);
                 }
                 let involved = json!({"apiVersion": "skiff.dev/v1alpha1", "kind": "Plugin", "name": name, "uid": uid});
-                let e = event("default", involved, warning, &reason, &message, &name);
+                let e = event(
+                    COMPONENT, "default", involved, warning, &reason, &message, &name,
+                );
                 create_event(&client, "default", &e).await;
             }
         }
@@ -346,6 +353,7 @@ async fn preempt(client: &kube::Client, pod: &PodInfo, node: &str, victims: &[Ar
         }
         let message = format!("Preempted by pod {} on node {node}", pod.uid);
         let e = event(
+            &pod.scheduler_name,
             victim.namespace(),
             pod_ref(victim),
             false,
@@ -396,6 +404,14 @@ async fn plugin_failed(client: &kube::Client, name: &str, total: i64, e: &Plugin
         skiff_plugin_host::ErrorKind::MemoryLimit => "PluginMemoryLimit",
         _ => "PluginFailed",
     };
-    let ev = event("default", involved, true, reason, &e.to_string(), name);
+    let ev = event(
+        COMPONENT,
+        "default",
+        involved,
+        true,
+        reason,
+        &e.to_string(),
+        name,
+    );
     create_event(client, "default", &ev).await;
 }

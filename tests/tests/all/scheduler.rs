@@ -151,6 +151,222 @@ fn built_in_plugins_place_pods_and_explain_failures() {
     assert_eq!(bound_node(&kubectl, "huge", 30), "n4");
 }
 
+/// The events about one object, as `reason: message` lines.
+fn events_of(kubectl: &Kubectl, object: &str) -> String {
+    kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={object}"),
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ])
+}
+
+/// The seeds' taints and tolerations (000:2298-2324) and node status (000:2715-2720) through
+/// kubectl's own commands, profiles by schedulerName, and pods that name their node.
+#[test]
+fn kubectl_taint_cordon_and_profiles_steer_the_scheduler() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "profiles:\n- schedulerName: default-scheduler\n- schedulerName: no-taints\n  disabled: [TaintToleration]\n",
+    )
+    .unwrap();
+    let cluster =
+        TestCluster::start_with(&["--scheduler-config", config.path().to_str().unwrap()]).unwrap();
+    let kubectl = cluster.kubectl();
+    nodes(
+        &kubectl,
+        &[("n1", "a", ""), ("n2", "b", ""), ("n3", "c", "")],
+    );
+
+    // The seed's taint, on every node: only the seed's two tolerations get in.
+    for n in ["n1", "n2", "n3"] {
+        let out = kubectl.ok(&["taint", "nodes", n, "key1=value1:NoSchedule"]);
+        assert_eq!(out.trim(), format!("node/{n} tainted"));
+    }
+    run_pod(&kubectl, "untolerated", "");
+    assert_eq!(
+        event_message(&kubectl, "untolerated", "FailedScheduling").unwrap(),
+        "0/3 nodes are available: 3 node(s) had untolerated taint {key1: value1}. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+    );
+    run_pod(
+        &kubectl,
+        "equal",
+        r#"{"spec":{"tolerations":[{"key":"key1","operator":"Equal","value":"value1","effect":"NoSchedule"}]}}"#,
+    );
+    run_pod(
+        &kubectl,
+        "exists",
+        r#"{"spec":{"tolerations":[{"key":"key1","operator":"Exists","effect":"NoSchedule"}]}}"#,
+    );
+    bound_node(&kubectl, "equal", 15);
+    bound_node(&kubectl, "exists", 15);
+    // The seed's untaint: the parked pod goes to the one node without it.
+    let out = kubectl.ok(&["taint", "nodes", "n3", "key1=value1:NoSchedule-"]);
+    assert_eq!(out.trim(), "node/n3 untainted");
+    assert_eq!(bound_node(&kubectl, "untolerated", 30), "n3");
+
+    // Cordon: SchedulingDisabled keeps new pods off until uncordoned.
+    assert_eq!(kubectl.ok(&["cordon", "n3"]).trim(), "node/n3 cordoned");
+    run_pod(&kubectl, "waits", "");
+    assert_eq!(
+        event_message(&kubectl, "waits", "FailedScheduling").unwrap(),
+        "0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) had untolerated taint {key1: value1}. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+    );
+    assert_eq!(
+        node_of(&kubectl, "untolerated").as_deref(),
+        Some("n3"),
+        "cordon doesn't evict"
+    );
+    assert_eq!(kubectl.ok(&["uncordon", "n3"]).trim(), "node/n3 uncordoned");
+    assert_eq!(bound_node(&kubectl, "waits", 30), "n3");
+
+    // A profile without TaintToleration places pods that asked for it on tainted nodes.
+    run_pod(
+        &kubectl,
+        "profiled",
+        r#"{"spec":{"schedulerName":"no-taints","nodeSelector":{"pool":"a"}}}"#,
+    );
+    assert_eq!(bound_node(&kubectl, "profiled", 15), "n1");
+    // A pod for a scheduler that isn't running is left alone, as kube-scheduler does; so is
+    // a pod that names its node (the node's agent takes it, taint or not).
+    run_pod(
+        &kubectl,
+        "elsewhere",
+        r#"{"spec":{"schedulerName":"someone-else"}}"#,
+    );
+    run_pod(&kubectl, "pinned", r#"{"spec":{"nodeName":"n2"}}"#);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node_of(&kubectl, "elsewhere"), None);
+    assert_eq!(events_of(&kubectl, "elsewhere"), "");
+    assert_eq!(node_of(&kubectl, "pinned").as_deref(), Some("n2"));
+    assert_eq!(events_of(&kubectl, "pinned"), "");
+    // Scheduled events name the profile that placed the pod.
+    let from = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=profiled,reason=Scheduled",
+        "-o",
+        "jsonpath={.items[0].reportingComponent}",
+    ]);
+    assert_eq!(from.trim(), "no-taints");
+}
+
+/// PriorityClasses as the Priority admission plugin keeps them: one global default, which
+/// pods without a class get; pods that spell out another priority are refused; values above
+/// a billion and `system-` names are the system's.
+#[test]
+fn priority_classes_give_defaults_and_guard_pod_priorities() {
+    let cluster = TestCluster::start().unwrap();
+    let kubectl = cluster.kubectl();
+    let class = |name: &str, value: i64, default: bool| {
+        format!(
+            "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: {name}\nvalue: {value}\nglobalDefault: {default}\n"
+        )
+    };
+    kubectl.apply(&class("normal", 1000, true), &[]);
+    run_pod(&kubectl, "plain", "");
+    let got = kubectl.ok(&[
+        "get",
+        "pod",
+        "plain",
+        "-o",
+        "jsonpath={.spec.priorityClassName} {.spec.priority} {.spec.preemptionPolicy}",
+    ]);
+    assert_eq!(got.trim(), "normal 1000 PreemptLowerPriority");
+
+    let refused = kubectl.run_stdin(&["apply", "-f", "-"], &class("another", 5, true));
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains(r#"priorityclasses.scheduling.k8s.io "another" is forbidden: PriorityClass normal is already marked as default. Only one default can exist"#),
+        "{}",
+        refused.stderr
+    );
+    let spelled = kubectl.run_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: spelled\nspec:\n  priorityClassName: normal\n  priority: 5\n  containers: [{name: c, image: busybox}]\n",
+    );
+    assert!(
+        spelled.stderr.contains(r#"pods "spelled" is forbidden: the integer value of priority (5) must not be provided in pod spec; priority admission controller computed 1000 from the given PriorityClass name"#),
+        "{}",
+        spelled.stderr
+    );
+    let too_high = kubectl.run_stdin(
+        &["apply", "-f", "-"],
+        &class("urgent", 2_000_000_000, false),
+    );
+    assert!(
+        too_high.stderr.contains(
+            "value: Forbidden: maximum allowed value of a user defined priority is 1000000000"
+        ),
+        "{}",
+        too_high.stderr
+    );
+    // The value is fixed once pods may carry it.
+    let changed = kubectl.run_stdin(&["apply", "-f", "-"], &class("normal", 2000, true));
+    assert!(
+        changed
+            .stderr
+            .contains("value: Forbidden: may not be changed in an update."),
+        "{}",
+        changed.stderr
+    );
+    // The system's classes are there, with their values.
+    let system = kubectl.ok(&[
+        "get",
+        "priorityclass",
+        "system-node-critical",
+        "-o",
+        "jsonpath={.value}",
+    ]);
+    assert_eq!(system.trim(), "2000001000");
+}
+
+/// The seed's pod affinity and anti-affinity examples (002:955-993, F5/F6 in the inventory)
+/// with their YAML mistakes corrected: next to, and away from, the pods labelled security=S1.
+#[test]
+fn the_seed_pod_affinity_examples_place_pods_by_the_security_label() {
+    let cluster = TestCluster::start().unwrap();
+    let kubectl = cluster.kubectl();
+    nodes(
+        &kubectl,
+        &[("n1", "a", ""), ("n2", "b", ""), ("n3", "c", "")],
+    );
+    kubectl.ok(&[
+        "run",
+        "s1",
+        "--image=busybox",
+        "--restart=Never",
+        "--labels=security=S1",
+    ]);
+    let s1 = bound_node(&kubectl, "s1", 15);
+    let example = |name: &str, kind: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers: [{{name: c, image: busybox}}]\n  affinity:\n    {kind}:\n      requiredDuringSchedulingIgnoredDuringExecution:\n      - labelSelector:\n          matchExpressions:\n          - key: security\n            operator: In\n            values:\n            - S1\n        topologyKey: kubernetes.io/hostname\n"
+        )
+    };
+    for i in 0..3 {
+        kubectl.apply(&example(&format!("affinity-{i}"), "podAffinity"), &[]);
+        kubectl.apply(&example(&format!("anti-{i}"), "podAntiAffinity"), &[]);
+    }
+    for i in 0..3 {
+        assert_eq!(bound_node(&kubectl, &format!("affinity-{i}"), 15), s1);
+        assert_ne!(bound_node(&kubectl, &format!("anti-{i}"), 15), s1);
+    }
+    // With the S1 pod gone, affinity has nothing to be next to (the first pod of a group
+    // only places itself when it matches its own selector).
+    let deleted = kubectl.run(&["delete", "pod", "s1", "--grace-period=0", "--force"]);
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    kubectl.apply(&example("affinity-late", "podAffinity"), &[]);
+    assert_eq!(
+        event_message(&kubectl, "affinity-late", "FailedScheduling").unwrap(),
+        "0/3 nodes are available: 3 node(s) didn't match pod affinity rules. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+    );
+}
+
 #[test]
 fn pod_affinity_and_topology_spread_place_pods_by_their_neighbours() {
     let cluster = TestCluster::start().unwrap();
