@@ -726,4 +726,46 @@ pub(crate) mod tests {
             "plain"
         );
     }
+
+    #[test]
+    fn large_clusters_are_sampled_as_kube_scheduler_does() {
+        let mut cache = Cache::default();
+        for i in 0..1000 {
+            // Every tenth node is too small for the pod below.
+            let cpu = if i % 10 == 0 { "100m" } else { "4" };
+            cache.upsert_node(node(
+                &format!("n{i}"),
+                serde_json::json!({}),
+                serde_json::json!({}),
+                cpu,
+            ));
+        }
+        let mut p = profile();
+        let one = pod(serde_json::json!({"containers": [container("1")]}));
+        // 1,000 nodes: 50% - 8% = 42% of them are wanted feasible, then scoring starts.
+        let d = p.schedule(&one, &cache).unwrap();
+        assert_eq!(d.feasible, 420);
+        assert!((420..=420 + 64).contains(&d.evaluated), "{}", d.evaluated);
+        // The next cycle starts where this one stopped, so every node gets its turn.
+        let d2 = p.schedule(&one, &cache).unwrap();
+        let slot = d2.slot as usize;
+        assert!(
+            (d.evaluated..d.evaluated + d2.evaluated).contains(&slot),
+            "{slot}"
+        );
+        // When few nodes fit, all are looked at.
+        let big = pod(serde_json::json!({"containers": [container("3900m")]}));
+        let mut small_cache = Cache::default();
+        for i in 0..1000 {
+            let cpu = if i % 100 == 0 { "4" } else { "1" };
+            small_cache.upsert_node(node(
+                &format!("m{i}"),
+                serde_json::json!({}),
+                serde_json::json!({}),
+                cpu,
+            ));
+        }
+        let d = p.schedule(&big, &small_cache).unwrap();
+        assert_eq!((d.evaluated, d.feasible), (1000, 10));
+    }
 }

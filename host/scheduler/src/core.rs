@@ -422,7 +422,7 @@ impl Core {
             self.queue.remove(&pod.uid);
             return;
         };
-        let started = Instant::now();
+        let watch = self.metrics.stopwatch();
         match profile.schedule(&pod, &self.cache) {
             Ok(decision) => {
                 let Some(node) = self
@@ -433,12 +433,12 @@ impl Core {
                     self.queue.backoff(&pod.uid, now);
                     return;
                 };
-                debug!(pod.key = %pod.key, node.name = %node, evaluated = decision.evaluated, feasible = decision.feasible, took.us = started.elapsed().as_micros() as u64, "scheduled");
+                debug!(pod.key = %pod.key, node.name = %node, evaluated = decision.evaluated, feasible = decision.feasible, "scheduled");
                 if let Some(change) = self.cache.place(pod.clone(), &node, true) {
                     self.observe(change);
                 }
                 self.metrics
-                    .attempt(&pod.scheduler_name, Outcome::Scheduled, started.elapsed());
+                    .attempt(&pod.scheduler_name, Outcome::Scheduled, &watch);
                 self.bind(pod, node, decision.slot);
             }
             Err(e) => {
@@ -446,8 +446,7 @@ impl Core {
                     CycleError::Unschedulable { .. } => Outcome::Unschedulable,
                     CycleError::Plugin(_) | CycleError::Reserve { .. } => Outcome::Error,
                 };
-                self.metrics
-                    .attempt(&pod.scheduler_name, outcome, started.elapsed());
+                self.metrics.attempt(&pod.scheduler_name, outcome, &watch);
                 let mut message = e.message();
                 if let CycleError::Unschedulable {
                     nodes,

@@ -269,8 +269,11 @@ fn nodes_to_find(all: usize, percentage: u32) -> usize {
     (all * pct / 100).max(MIN)
 }
 
-/// Nodes are filtered in chunks, so sampling can stop early without a call per node.
+/// Nodes are filtered in chunks, so sampling can stop early without a call per node: each
+/// chunk is as many nodes as are still wanted (most nodes usually fit), within these bounds.
+/// The lower bound keeps a cluster where few nodes fit from costing a call per node.
 const CHUNK: usize = 512;
+const MIN_CHUNK: usize = 64;
 
 impl Profile {
     /// An empty profile.
@@ -382,7 +385,8 @@ impl Profile {
         let mut evaluated = 0;
         let mut verdicts = Vec::new();
         while evaluated < universe.len() && feasible.len() < want {
-            let end = (evaluated + CHUNK).min(universe.len());
+            let chunk = (want - feasible.len()).clamp(MIN_CHUNK, CHUNK);
+            let end = (evaluated + chunk).min(universe.len());
             let mut candidates: Vec<u32> = (evaluated..end)
                 .map(|k| universe[(start + k) % universe.len()])
                 .collect();
@@ -422,6 +426,8 @@ impl Profile {
             }
             feasible.extend(candidates);
         }
+        // As kube-scheduler, score only as many feasible nodes as were wanted.
+        feasible.truncate(want);
         self.next_start = (start + evaluated) % universe.len().max(1);
         if feasible.is_empty() {
             return Err(CycleError::Unschedulable {

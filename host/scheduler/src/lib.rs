@@ -37,7 +37,7 @@ pub mod wasm;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use metrics::Metrics;
+pub use metrics::{Metrics, Sample};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 

@@ -3,7 +3,7 @@
 //! `scheduler_scheduling_attempt_duration_seconds{result, profile}`.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,7 +25,31 @@ pub struct Metrics {
     durations: Family<AttemptLabels, Histogram>,
     /// Every attempt's duration, when asked for: histograms are too coarse for the p99 of a
     /// benchmark.
-    samples: Option<Arc<Mutex<Vec<Duration>>>>,
+    samples: Option<Arc<Mutex<Vec<Sample>>>>,
+}
+
+/// One attempt's duration, for benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Sample {
+    /// Wall-clock time, as the histogram has it: includes any time the scheduling thread was
+    /// not running (another process on the same cores, say).
+    pub wall: Duration,
+    /// CPU time of the scheduling thread: the cycle's cost alone.
+    pub cpu: Duration,
+}
+
+/// Times one attempt; reads the thread's CPU clock only when samples are kept.
+pub(crate) struct Stopwatch {
+    wall: Instant,
+    cpu: Option<Duration>,
+}
+
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 impl Default for Metrics {
@@ -73,7 +97,16 @@ impl Metrics {
         );
     }
 
-    pub(crate) fn attempt(&self, profile: &str, outcome: Outcome, took: Duration) {
+    /// Starts timing an attempt.
+    pub(crate) fn stopwatch(&self) -> Stopwatch {
+        Stopwatch {
+            wall: Instant::now(),
+            cpu: self.samples.is_some().then(thread_cpu),
+        }
+    }
+
+    pub(crate) fn attempt(&self, profile: &str, outcome: Outcome, watch: &Stopwatch) {
+        let took = watch.wall.elapsed();
         let labels = AttemptLabels {
             result: match outcome {
                 Outcome::Scheduled => "scheduled",
@@ -87,13 +120,19 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
         if let Some(samples) = &self.samples {
-            samples.lock().unwrap_or_else(|p| p.into_inner()).push(took);
+            let cpu = watch
+                .cpu
+                .map_or(Duration::ZERO, |c| thread_cpu().saturating_sub(c));
+            samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Sample { wall: took, cpu });
         }
     }
 
     /// The attempt durations kept since the last call (empty unless made
     /// [`Metrics::with_samples`]).
-    pub fn take_samples(&self) -> Vec<Duration> {
+    pub fn take_samples(&self) -> Vec<Sample> {
         self.samples.as_ref().map_or_else(Vec::new, |s| {
             std::mem::take(&mut *s.lock().unwrap_or_else(|p| p.into_inner()))
         })
