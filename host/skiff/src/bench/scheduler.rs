@@ -41,6 +41,9 @@ pub struct Args {
     /// Pods scheduled in each scenario.
     #[arg(long, default_value_t = 5000)]
     pods: usize,
+    /// The scenarios to run (a, b, c); (a) is always run first, as the baseline.
+    #[arg(long, value_delimiter = ',', default_values_t = ["a".to_owned(), "b".to_owned(), "c".to_owned()])]
+    scenarios: Vec<String>,
     /// Where the built plugins (`*.wasm`) are; by default the release plugins of the target
     /// directory this binary was built into.
     #[arg(long)]
@@ -144,7 +147,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         let client = crate::scheduler::client(&server.dir.path().join("kubeconfig.yaml")).await?;
         let cache = tempfile::tempdir()?;
         let mut baseline = None;
-        for scenario in &SCENARIOS {
+        let wanted = SCENARIOS
+            .iter()
+            .filter(|s| s.name == "a" || args.scenarios.iter().any(|n| n == s.name));
+        for scenario in wanted {
             let m = scenario_run(
                 &server,
                 &client,
