@@ -492,8 +492,8 @@ pub(crate) mod tests {
         assert!(!tolerates(&t("k", true, "", Some(NoExecute)), &taint));
     }
 
-    #[test]
-    fn node_affinity_operators_and_terms() {
+    /// One node "a" labelled zone=z1 and gen=5.
+    fn zoned_node() -> Cache {
         let mut cache = Cache::default();
         cache.upsert_node(node(
             "a",
@@ -501,6 +501,12 @@ pub(crate) mod tests {
             serde_json::json!({}),
             "4",
         ));
+        cache
+    }
+
+    #[test]
+    fn node_affinity_operators_and_terms() {
+        let cache = zoned_node();
         let n = cache.node(0).unwrap();
         let affinity = |expr: serde_json::Value| {
             pod(serde_json::json!({
@@ -604,13 +610,7 @@ pub(crate) mod tests {
 
     #[test]
     fn node_affinity_terms_are_ored_their_requirements_anded() {
-        let mut cache = Cache::default();
-        cache.upsert_node(node(
-            "a",
-            serde_json::json!({"zone": "z1", "gen": "5"}),
-            serde_json::json!({}),
-            "4",
-        ));
+        let cache = zoned_node();
         let n = cache.node(0).unwrap();
         let terms = |terms: serde_json::Value, selector: serde_json::Value| {
             pod(serde_json::json!({
