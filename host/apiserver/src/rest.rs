@@ -464,24 +464,35 @@ pub(crate) async fn require_namespace(ctx: &Ctx, name: &str) -> Result<(), ApiEr
     Ok(())
 }
 
+/// The stored PriorityClasses marked `globalDefault` (`def` is the priorityclasses resource).
+async fn global_default_classes(ctx: &Ctx, def: &ResourceDef) -> Result<Vec<Value>, ApiError> {
+    let all = ctx
+        .store()
+        .list(ListOptions {
+            prefix: collection_prefix(def, None),
+            ..Default::default()
+        })
+        .await
+        .map_err(store_error)?;
+    let mut defaults = Vec::new();
+    for stored in &all.items {
+        let class = to_value(stored)?;
+        if class["globalDefault"] == true {
+            defaults.push(class);
+        }
+    }
+    Ok(defaults)
+}
+
 /// The Priority admission plugin for PriorityClasses: only one may be `globalDefault`.
 pub(crate) async fn admit_priority_class(ctx: &Ctx, obj: &Value) -> Result<(), ApiError> {
     if obj["globalDefault"] != true {
         return Ok(());
     }
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-    let all = ctx
-        .store()
-        .list(ListOptions {
-            prefix: collection_prefix(&ctx.def, None),
-            ..Default::default()
-        })
-        .await
-        .map_err(store_error)?;
-    for stored in &all.items {
-        let class = to_value(stored)?;
+    for class in global_default_classes(ctx, &ctx.def).await? {
         let other = class["metadata"]["name"].as_str().unwrap_or_default();
-        if class["globalDefault"] == true && other != name {
+        if other != name {
             return Err(ApiError::forbidden(
                 "scheduling.k8s.io",
                 "priorityclasses",
@@ -536,27 +547,10 @@ pub(crate) async fn admit_priority(ctx: &Ctx, obj: &mut Value) -> Result<(), Api
                 })?;
             Some(to_value(&stored)?)
         }
-        None => {
-            let all = ctx
-                .store()
-                .list(ListOptions {
-                    prefix: collection_prefix(&def, None),
-                    ..Default::default()
-                })
-                .await
-                .map_err(store_error)?;
-            let mut best: Option<Value> = None;
-            for stored in &all.items {
-                let class = to_value(stored)?;
-                let value = |c: &Value| c["value"].as_i64().unwrap_or(0);
-                if class["globalDefault"] == true
-                    && best.as_ref().is_none_or(|b| value(&class) < value(b))
-                {
-                    best = Some(class);
-                }
-            }
-            best
-        }
+        None => global_default_classes(ctx, &def)
+            .await?
+            .into_iter()
+            .min_by_key(|c| c["value"].as_i64().unwrap_or(0)),
     };
     let Some(class) = class else {
         return Ok(());

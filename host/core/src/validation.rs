@@ -919,13 +919,14 @@ fn priority_class(obj: &Value, errs: &mut Vec<FieldError>) {
             ),
         ));
     }
+    const PREEMPTION_POLICIES: [&str; 2] = ["Never", "PreemptLowerPriority"];
     if let Some(policy) = obj.get("preemptionPolicy").and_then(Value::as_str)
-        && !["PreemptLowerPriority", "Never"].contains(&policy)
+        && !PREEMPTION_POLICIES.contains(&policy)
     {
         errs.push(FieldError::not_supported(
             "preemptionPolicy",
             policy,
-            &["Never", "PreemptLowerPriority"],
+            &PREEMPTION_POLICIES,
         ));
     }
 }
@@ -1083,13 +1084,17 @@ mod tests {
     use crate::registry::Registry;
 
     fn check(group: &str, plural: &str, obj: Value) -> Vec<String> {
+        check_update(group, plural, obj, None)
+    }
+
+    fn check_update(group: &str, plural: &str, obj: Value, old: Option<Value>) -> Vec<String> {
         let reg = Registry::builtin();
         let def = reg
             .resources()
             .iter()
             .find(|r| r.group == group && r.plural == plural)
             .unwrap();
-        validate(def, &obj, None)
+        validate(def, &obj, old.as_ref())
             .iter()
             .map(ToString::to_string)
             .collect()
@@ -1236,16 +1241,12 @@ mod tests {
                 "metadata.name: Forbidden: priority class names with 'system-' prefix are reserved for system use only. error: value of system-cluster-critical PriorityClass must be 2000000000"
             ]
         );
-        let reg = Registry::builtin();
-        let def = reg
-            .resources()
-            .iter()
-            .find(|r| r.plural == "priorityclasses")
-            .unwrap();
-        let changed: Vec<String> = validate(def, &class("high", 11), Some(&class("high", 10)))
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let changed = check_update(
+            "scheduling.k8s.io",
+            "priorityclasses",
+            class("high", 11),
+            Some(class("high", 10)),
+        );
         assert_eq!(
             changed,
             ["value: Forbidden: may not be changed in an update."]

@@ -121,11 +121,7 @@ impl Registry {
         // Installing fails only when one is already installed, which is just as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = ClientConfig {
-            protocol: if insecure.is_empty() {
-                ClientProtocol::Https
-            } else {
-                ClientProtocol::HttpsExcept(insecure.to_vec())
-            },
+            protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(30)),
             platform_resolver: Some(Box::new(wasm_first)),
@@ -150,10 +146,7 @@ impl Registry {
 
     async fn pull(&self, reference: &str) -> Result<Component, OciError> {
         let image = parse(reference)?;
-        let registry = |source| OciError::Registry {
-            reference: reference.to_owned(),
-            source,
-        };
+        let registry = registry_error(reference);
         let (manifest, manifest_digest) = self
             .client
             .pull_image_manifest(&image, &RegistryAuth::Anonymous)
@@ -209,10 +202,7 @@ impl Registry {
             .client
             .push(&image, &layers, config, &RegistryAuth::Anonymous, None)
             .await
-            .map_err(|source| OciError::Registry {
-                reference: reference.to_owned(),
-                source,
-            })?;
+            .map_err(registry_error(reference))?;
         Ok(response.manifest_url)
     }
 }
@@ -222,6 +212,13 @@ fn parse(reference: &str) -> Result<Reference, OciError> {
         reference: reference.to_owned(),
         message: e.to_string(),
     })
+}
+
+fn registry_error(reference: &str) -> impl Fn(OciDistributionError) -> OciError + Copy + '_ {
+    move |source| OciError::Registry {
+        reference: reference.to_owned(),
+        source,
+    }
 }
 
 /// The one Wasm layer of a component artifact, if the manifest is one and not too big.

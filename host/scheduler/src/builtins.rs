@@ -729,17 +729,21 @@ pub(crate) mod tests {
 
     #[test]
     fn large_clusters_are_sampled_as_kube_scheduler_does() {
-        let mut cache = Cache::default();
-        for i in 0..1000 {
-            // Every tenth node is too small for the pod below.
-            let cpu = if i % 10 == 0 { "100m" } else { "4" };
-            cache.upsert_node(node(
-                &format!("n{i}"),
-                serde_json::json!({}),
-                serde_json::json!({}),
-                cpu,
-            ));
-        }
+        let cluster = |cpu: fn(usize) -> &'static str| {
+            let mut cache = Cache::default();
+            for i in 0..1000 {
+                let n = node(
+                    &format!("n{i}"),
+                    serde_json::json!({}),
+                    serde_json::json!({}),
+                    cpu(i),
+                );
+                cache.upsert_node(n);
+            }
+            cache
+        };
+        // Every tenth node is too small for the pod below.
+        let cache = cluster(|i| if i % 10 == 0 { "100m" } else { "4" });
         let mut p = profile();
         let one = pod(serde_json::json!({"containers": [container("1")]}));
         // 1,000 nodes: 50% - 8% = 42% of them are wanted feasible, then scoring starts.
@@ -755,17 +759,8 @@ pub(crate) mod tests {
         );
         // When few nodes fit, all are looked at.
         let big = pod(serde_json::json!({"containers": [container("3900m")]}));
-        let mut small_cache = Cache::default();
-        for i in 0..1000 {
-            let cpu = if i % 100 == 0 { "4" } else { "1" };
-            small_cache.upsert_node(node(
-                &format!("m{i}"),
-                serde_json::json!({}),
-                serde_json::json!({}),
-                cpu,
-            ));
-        }
-        let d = p.schedule(&big, &small_cache).unwrap();
+        let small = cluster(|i| if i % 100 == 0 { "4" } else { "1" });
+        let d = p.schedule(&big, &small).unwrap();
         assert_eq!((d.evaluated, d.feasible), (1000, 10));
     }
 }

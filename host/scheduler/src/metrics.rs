@@ -29,7 +29,7 @@ pub struct Metrics {
 }
 
 /// One attempt's duration, for benchmarks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug)]
 pub struct Sample {
     /// Wall-clock time, as the histogram has it: includes any time the scheduling thread was
     /// not running (another process on the same cores, say).
