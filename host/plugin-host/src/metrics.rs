@@ -30,6 +30,21 @@ struct LoadLabels {
     source: &'static str,
 }
 
+/// One export's call counter and latency histogram, looked up once so that an instance's
+/// calls cost no label hashing or allocation. Cloning shares them.
+#[derive(Clone, Debug)]
+pub(crate) struct CallMetrics {
+    calls: Counter,
+    latency: Histogram,
+}
+
+impl CallMetrics {
+    pub(crate) fn record(&self, elapsed: Duration) {
+        self.calls.inc();
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
 /// The host's metrics. Cloning shares the counters.
 #[derive(Clone)]
 pub struct Metrics {
@@ -85,6 +100,18 @@ impl Metrics {
         );
     }
 
+    /// The counter and histogram of one plugin's export.
+    pub(crate) fn for_call(&self, plugin: &str, export: &'static str) -> CallMetrics {
+        let labels = CallLabels {
+            plugin: plugin.to_owned(),
+            export,
+        };
+        CallMetrics {
+            calls: self.calls.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+        }
+    }
+
     pub(crate) fn call(
         &self,
         plugin: &str,
@@ -92,15 +119,12 @@ impl Metrics {
         elapsed: Duration,
         error: Option<&ErrorKind>,
     ) {
-        let labels = CallLabels {
-            plugin: plugin.to_owned(),
-            export,
-        };
-        self.calls.get_or_create(&labels).inc();
-        self.latency
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
+        self.for_call(plugin, export).record(elapsed);
         if let Some(kind) = error {
+            let labels = CallLabels {
+                plugin: plugin.to_owned(),
+                export,
+            };
             if *kind == ErrorKind::Timeout {
                 self.timeouts.get_or_create(&labels).inc();
             }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use wasmtime::Store;
 
 use crate::bindings::{SchedulerPlugin, SchedulerPluginPre};
+use crate::metrics::CallMetrics;
 use crate::store::State;
 use crate::{ErrorKind, Host, Limits, Loaded, Metrics, PluginError, describe};
 
@@ -115,6 +116,7 @@ impl SchedulerPre {
             store,
             bindings,
             metrics: self.metrics.clone(),
+            hot: Vec::new(),
             ticks,
             fuel,
             reasons: 0,
@@ -177,6 +179,8 @@ pub struct SchedulerInstance {
     store: Store<State>,
     bindings: SchedulerPlugin,
     metrics: Metrics,
+    /// Each export's metrics, looked up on its first call.
+    hot: Vec<(&'static str, CallMetrics)>,
     ticks: u64,
     fuel: Option<u64>,
     /// How many reason codes `init` declared.
@@ -232,7 +236,14 @@ impl SchedulerInstance {
         let elapsed = started.elapsed();
         match result {
             Ok(value) => {
-                self.metrics.call(&self.plugin, export, elapsed, None);
+                match self.hot.iter().find(|(e, _)| *e == export) {
+                    Some((_, m)) => m.record(elapsed),
+                    None => {
+                        let m = self.metrics.for_call(&self.plugin, export);
+                        m.record(elapsed);
+                        self.hot.push((export, m));
+                    }
+                }
                 Ok(value)
             }
             Err(e) => {
@@ -292,10 +303,17 @@ impl SchedulerInstance {
         })
     }
 
+    /// `begin`: the pod of the cycle the next calls are about.
+    pub fn begin(&mut self, pod: &Pod) -> Result<(), PluginError> {
+        self.call("begin", |b, s| {
+            b.skiff_plugin_scheduler().call_begin(s, pod)
+        })
+    }
+
     /// `pre-filter`; a `reject` code is checked against the declared reasons.
-    pub fn pre_filter(&mut self, pod: &Pod) -> Result<PreFilterResult, PluginError> {
+    pub fn pre_filter(&mut self) -> Result<PreFilterResult, PluginError> {
         let result = self.call("pre-filter", |b, s| {
-            b.skiff_plugin_scheduler().call_pre_filter(s, pod)
+            b.skiff_plugin_scheduler().call_pre_filter(s)
         })?;
         if let PreFilterResult::Reject(code) = result
             && (code == 0 || code as usize > self.reasons)
@@ -306,9 +324,9 @@ impl SchedulerInstance {
     }
 
     /// `filter`: one code per candidate, each 0 or a declared reason.
-    pub fn filter(&mut self, pod: &Pod, candidates: &[u32]) -> Result<Vec<u16>, PluginError> {
+    pub fn filter(&mut self, candidates: &[u32]) -> Result<Vec<u16>, PluginError> {
         let codes = self.call("filter", |b, s| {
-            b.skiff_plugin_scheduler().call_filter(s, pod, candidates)
+            b.skiff_plugin_scheduler().call_filter(s, candidates)
         })?;
         if codes.len() != candidates.len() {
             return Err(self.invalid(
@@ -323,18 +341,17 @@ impl SchedulerInstance {
     }
 
     /// `pre-score`.
-    pub fn pre_score(&mut self, pod: &Pod, candidates: &[u32]) -> Result<bool, PluginError> {
+    pub fn pre_score(&mut self, candidates: &[u32]) -> Result<bool, PluginError> {
         self.call("pre-score", |b, s| {
-            b.skiff_plugin_scheduler()
-                .call_pre_score(s, pod, candidates)
+            b.skiff_plugin_scheduler().call_pre_score(s, candidates)
         })
     }
 
     /// `score`: one score per candidate (range checks are the caller's: they depend on
     /// whether `normalize-score` runs).
-    pub fn score(&mut self, pod: &Pod, candidates: &[u32]) -> Result<Vec<i64>, PluginError> {
+    pub fn score(&mut self, candidates: &[u32]) -> Result<Vec<i64>, PluginError> {
         let scores = self.call("score", |b, s| {
-            b.skiff_plugin_scheduler().call_score(s, pod, candidates)
+            b.skiff_plugin_scheduler().call_score(s, candidates)
         })?;
         self.same_length("score", scores, candidates.len())
     }
@@ -342,13 +359,12 @@ impl SchedulerInstance {
     /// `normalize-score`.
     pub fn normalize_score(
         &mut self,
-        pod: &Pod,
         candidates: &[u32],
         scores: &[i64],
     ) -> Result<Vec<i64>, PluginError> {
         let scores = self.call("normalize-score", |b, s| {
             b.skiff_plugin_scheduler()
-                .call_normalize_score(s, pod, candidates, scores)
+                .call_normalize_score(s, candidates, scores)
         })?;
         self.same_length("normalize-score", scores, candidates.len())
     }
@@ -369,9 +385,16 @@ impl SchedulerInstance {
     }
 
     /// `reserve`: `Ok(Err(message))` when the plugin rejects the node.
-    pub fn reserve(&mut self, pod: &Pod, slot: u32) -> Result<Result<(), String>, PluginError> {
+    pub fn reserve(&mut self, slot: u32) -> Result<Result<(), String>, PluginError> {
         self.call("reserve", |b, s| {
-            b.skiff_plugin_scheduler().call_reserve(s, pod, slot)
+            b.skiff_plugin_scheduler().call_reserve(s, slot)
+        })
+    }
+
+    /// `assume`: the cycle's pod was placed on `slot`.
+    pub fn assume(&mut self, slot: u32) -> Result<(), PluginError> {
+        self.call("assume", |b, s| {
+            b.skiff_plugin_scheduler().call_assume(s, slot)
         })
     }
 

@@ -52,11 +52,12 @@ fn pod(name: &str, app: &str) -> Pod {
         labels: vec![("app".into(), app.into())],
         annotations: Vec::new(),
         requests: resources(100, 1 << 20, 1),
+        non_zero_requests: (100, 1 << 20),
         node_selector: Vec::new(),
         tolerations: Vec::new(),
         priority: 0,
-        node_name: String::new(),
-        json: String::new(),
+        node_name: None,
+        json: None,
     }
 }
 
@@ -91,23 +92,28 @@ fn zone_spread_filters_by_the_pods_it_was_fed() {
     plugin.upsert_pod(0, &pod("web-0", "web")).unwrap();
 
     let next = pod("web-1", "web");
-    assert_eq!(plugin.pre_filter(&next).unwrap(), PreFilterResult::Proceed);
+    plugin.begin(&next).unwrap();
+    assert_eq!(plugin.pre_filter().unwrap(), PreFilterResult::Proceed);
     // z1 already has one web pod: placing another there would make the skew 2.
-    assert_eq!(plugin.filter(&next, &[0, 1, 2]).unwrap(), vec![1, 0, 2]);
+    assert_eq!(plugin.filter(&[0, 1, 2]).unwrap(), vec![1, 0, 2]);
     // Pods of other apps are not counted; pods without the label are skipped entirely.
-    let other = pod("db-0", "db");
-    plugin.pre_filter(&other).unwrap();
-    assert_eq!(plugin.filter(&other, &[0, 1]).unwrap(), vec![0, 0]);
+    plugin.begin(&pod("db-0", "db")).unwrap();
+    plugin.pre_filter().unwrap();
+    assert_eq!(plugin.filter(&[0, 1]).unwrap(), vec![0, 0]);
     let mut unlabelled = pod("x", "x");
     unlabelled.labels.clear();
-    assert_eq!(
-        plugin.pre_filter(&unlabelled).unwrap(),
-        PreFilterResult::Skip
-    );
+    plugin.begin(&unlabelled).unwrap();
+    assert_eq!(plugin.pre_filter().unwrap(), PreFilterResult::Skip);
     // Once the first pod is gone, z1 is fine again.
     plugin.remove_pod("uid-web-0").unwrap();
-    plugin.pre_filter(&next).unwrap();
-    assert_eq!(plugin.filter(&next, &[0, 1]).unwrap(), vec![0, 0]);
+    plugin.begin(&next).unwrap();
+    plugin.pre_filter().unwrap();
+    assert_eq!(plugin.filter(&[0, 1]).unwrap(), vec![0, 0]);
+    // The cycle's pod, assumed on z2, counts there from now on.
+    plugin.assume(1).unwrap();
+    plugin.begin(&pod("web-2", "web")).unwrap();
+    plugin.pre_filter().unwrap();
+    assert_eq!(plugin.filter(&[0, 1]).unwrap(), vec![0, 1]);
 }
 
 #[test]
@@ -118,20 +124,19 @@ fn an_infinite_loop_is_stopped_at_its_deadline() {
         ..Limits::default()
     };
     let mut plugin = probe(&host, r#"{"fault": "loop"}"#, limits.clone());
+    plugin.begin(&pod("p", "a")).unwrap();
     let started = Instant::now();
-    let err = plugin.filter(&pod("p", "a"), &[0]).unwrap_err();
+    let err = plugin.filter(&[0]).unwrap_err();
     let took = started.elapsed();
     assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
     assert_eq!(err.export, "filter");
     assert!(took < Duration::from_secs(2), "stopped after {took:?}");
     // The trapped instance can't be entered again; a fresh one works.
     assert!(plugin.is_poisoned());
-    assert_eq!(
-        plugin.filter(&pod("p", "a"), &[0]).unwrap_err().kind,
-        ErrorKind::Poisoned
-    );
+    assert_eq!(plugin.filter(&[0]).unwrap_err().kind, ErrorKind::Poisoned);
     let mut fresh = probe(&host, r#"{"requireLabel": "pool=a"}"#, limits);
-    assert_eq!(fresh.filter(&pod("p", "a"), &[0]).unwrap(), vec![0]);
+    fresh.begin(&pod("p", "a")).unwrap();
+    assert_eq!(fresh.filter(&[0]).unwrap(), vec![0]);
 }
 
 #[test]
@@ -143,7 +148,8 @@ fn unbounded_allocation_hits_the_memory_cap() {
         ..Limits::default()
     };
     let mut plugin = probe(&host, r#"{"fault": "alloc"}"#, limits);
-    let err = plugin.filter(&pod("p", "a"), &[0]).unwrap_err();
+    plugin.begin(&pod("p", "a")).unwrap();
+    let err = plugin.filter(&[0]).unwrap_err();
     assert_eq!(err.kind, ErrorKind::MemoryLimit, "{err}");
 }
 
@@ -155,8 +161,9 @@ fn a_guest_panic_is_a_trap_with_the_guest_message() {
         r#"{"fault": "trap", "faultIn": "score"}"#,
         Limits::default(),
     );
-    assert_eq!(plugin.filter(&pod("p", "a"), &[0]).unwrap(), vec![0]);
-    let err = plugin.score(&pod("p", "a"), &[0]).unwrap_err();
+    plugin.begin(&pod("p", "a")).unwrap();
+    assert_eq!(plugin.filter(&[0]).unwrap(), vec![0]);
+    let err = plugin.score(&[0]).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Trap);
     assert!(
         err.detail.contains("probe plugin asked to trap"),
@@ -178,7 +185,8 @@ fn fuel_bounds_a_loop_when_enabled() {
         ..Limits::default()
     };
     let mut plugin = probe(&host, r#"{"fault": "loop"}"#, limits);
-    let err = plugin.filter(&pod("p", "a"), &[0]).unwrap_err();
+    plugin.begin(&pod("p", "a")).unwrap();
+    let err = plugin.filter(&[0]).unwrap_err();
     assert_eq!(err.kind, ErrorKind::OutOfFuel, "{err}");
 }
 
@@ -242,7 +250,8 @@ fn compiled_components_are_reused_from_the_disk_cache() {
     plugin.upsert_node(0, &node("a", &[])).unwrap();
     plugin.upsert_node(1, &node("b", &[])).unwrap();
     plugin.upsert_pod(1, &pod("big", "x")).unwrap();
-    let scores = plugin.score(&pod("p", "a"), &[0, 1]).unwrap();
+    plugin.begin(&pod("p", "a")).unwrap();
+    let scores = plugin.score(&[0, 1]).unwrap();
     assert!(scores[1] > scores[0], "{scores:?}");
 }
 
@@ -250,7 +259,8 @@ fn compiled_components_are_reused_from_the_disk_cache() {
 fn metrics_count_calls_and_errors() {
     let host = host();
     let mut plugin = probe(&host, r#"{"fault": "trap"}"#, Limits::default());
-    let _ = plugin.filter(&pod("p", "a"), &[0]);
+    plugin.begin(&pod("p", "a")).unwrap();
+    let _ = plugin.filter(&[0]);
     let mut registry = prometheus_client::registry::Registry::default();
     host.metrics().register(&mut registry);
     let mut text = String::new();

@@ -435,7 +435,15 @@ impl Core {
                 };
                 debug!(pod.key = %pod.key, node.name = %node, evaluated = decision.evaluated, feasible = decision.feasible, "scheduled");
                 if let Some(change) = self.cache.place(pod.clone(), &node, true) {
-                    self.observe(change);
+                    // The profile that scheduled the pod has just seen it; the others learn
+                    // of it as of any placement.
+                    for (name, p) in &mut self.profiles {
+                        if *name == pod.scheduler_name {
+                            p.assumed(&self.cache, &change);
+                        } else {
+                            p.observe(&self.cache, &change);
+                        }
+                    }
                 }
                 self.metrics
                     .attempt(&pod.scheduler_name, Outcome::Scheduled, &watch);

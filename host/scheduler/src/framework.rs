@@ -67,6 +67,15 @@ pub trait Plugin: Send {
     /// Told of every cache change (for plugins that keep their own cache).
     fn observe(&mut self, _cache: &Cache, _change: &Change) {}
 
+    /// A scheduling cycle starts; its pod comes with each extension point.
+    fn begin_cycle(&mut self) {}
+
+    /// The pod of this profile's last cycle was placed: `change` is its `PodPlaced`. By
+    /// default the same as any placement.
+    fn assumed(&mut self, cache: &Cache, change: &Change) {
+        self.observe(cache, change);
+    }
+
     /// Runs once per pod before filtering.
     fn pre_filter(&mut self, _pod: &PodInfo, _cache: &Cache) -> Result<PreFilter, PluginError> {
         Ok(PreFilter::Proceed)
@@ -310,8 +319,18 @@ impl Profile {
         }
     }
 
+    /// Tells every plugin that the pod of the last cycle was placed (`change`).
+    pub fn assumed(&mut self, cache: &Cache, change: &Change) {
+        for e in &mut self.entries {
+            e.plugin.assumed(cache, change);
+        }
+    }
+
     /// Runs one scheduling cycle for `pod`.
     pub fn schedule(&mut self, pod: &PodInfo, cache: &Cache) -> Result<Decision, CycleError> {
+        for e in &mut self.entries {
+            e.plugin.begin_cycle();
+        }
         let all = cache.len();
         if all == 0 {
             return Err(CycleError::Unschedulable {

@@ -468,11 +468,12 @@ impl PodInfo {
             labels: sorted_pairs(meta.labels.as_ref()),
             annotations: sorted_pairs(meta.annotations.as_ref()),
             requests: requests.to_wasm(),
+            non_zero_requests: non_zero,
             node_selector: sorted_pairs(spec.and_then(|s| s.node_selector.as_ref())),
             tolerations,
             priority,
-            node_name: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-            json: String::new(),
+            node_name: spec.and_then(|s| s.node_name.clone()),
+            json: None,
         };
         PodInfo {
             key: format!("{namespace}/{name}"),
@@ -559,15 +560,16 @@ impl PodInfo {
         }
         self.wasm_json.get_or_init(|| {
             let mut pod = self.wasm.clone();
-            pod.json = serde_json::to_string(&*self.pod).unwrap_or_default();
+            pod.json = Some(serde_json::to_string(&*self.pod).unwrap_or_default());
             pod
         })
     }
 
-    /// A copy of the pod's record as placed on `node` (for plugin caches).
-    pub fn placed_on(&self, node: &str) -> wasm::Pod {
-        let mut pod = self.wasm.clone();
-        pod.node_name = node.to_owned();
+    /// A copy of the pod's record (with its JSON when `json`) as placed on `node`, for
+    /// plugin caches.
+    pub fn placed_on(&self, node: &str, json: bool) -> wasm::Pod {
+        let mut pod = self.for_wasm(json).clone();
+        pod.node_name = Some(node.to_owned());
         pod
     }
 }

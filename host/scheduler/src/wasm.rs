@@ -105,6 +105,8 @@ pub struct WasmPlugin {
     spec: WasmSpec,
     pre: SchedulerPre,
     instance: Option<SchedulerInstance>,
+    /// Whether the instance got this cycle's pod (`begin`).
+    begun: bool,
     info: PluginInfo,
     reasons: Vec<(Arc<str>, bool)>,
     report: Reporter,
@@ -122,7 +124,7 @@ fn fresh(
         instance.upsert_node(slot, &node.info.wasm)?;
         if info.wants_pods {
             for pod in node.pods.values() {
-                instance.upsert_pod(slot, &pod.placed_on(node.info.name()))?;
+                instance.upsert_pod(slot, &pod.placed_on(node.info.name(), info.wants_pod_json))?;
             }
         }
     }
@@ -148,6 +150,7 @@ impl WasmPlugin {
             spec,
             pre,
             instance: Some(instance),
+            begun: false,
             info,
             reasons,
             report,
@@ -164,31 +167,47 @@ impl WasmPlugin {
         self.pre.digest()
     }
 
-    /// The live instance, re-made (and re-fed) if the last one failed.
-    fn instance(&mut self, cache: &Cache) -> Result<&mut SchedulerInstance, PluginError> {
+    /// Drops the instance; the next call makes a fresh one.
+    fn drop_instance(&mut self) {
+        self.instance = None;
+        self.begun = false;
+    }
+
+    /// The live instance, re-made (and re-fed) if the last one failed, with the cycle's pod.
+    fn instance(
+        &mut self,
+        pod: &PodInfo,
+        cache: &Cache,
+    ) -> Result<&mut SchedulerInstance, PluginError> {
         if self.instance.as_ref().is_none_or(|i| i.is_poisoned()) {
-            self.instance = None;
+            self.drop_instance();
             let (instance, _) = fresh(&self.spec, &self.pre, cache)?;
             self.instance = Some(instance);
         }
-        Ok(self.instance.as_mut().expect("just made"))
+        let instance = self.instance.as_mut().expect("just made");
+        if !self.begun {
+            instance.begin(pod.for_wasm(self.info.wants_pod_json))?;
+            self.begun = true;
+        }
+        Ok(instance)
     }
 
-    /// Runs a call; on failure reports it, drops the instance and applies the policy
-    /// (`ignored` is the answer that means "no opinion").
+    /// Runs a call of `pod`'s cycle; on failure reports it, drops the instance and applies
+    /// the policy (`ignored` is the answer that means "no opinion").
     fn guard<T>(
         &mut self,
+        pod: &PodInfo,
         cache: &Cache,
         ignored: impl FnOnce() -> T,
         f: impl FnOnce(&mut SchedulerInstance) -> Result<T, PluginError>,
     ) -> Result<T, PluginError> {
-        let result = self.instance(cache).and_then(f);
+        let result = self.instance(pod, cache).and_then(f);
         match result {
             Ok(v) => Ok(v),
             Err(e) => {
                 (self.report)(&self.spec, &e);
                 if self.instance.as_ref().is_some_and(|i| i.is_poisoned()) {
-                    self.instance = None;
+                    self.drop_instance();
                 }
                 match self.spec.failure_policy {
                     FailurePolicy::Ignore => Ok(ignored()),
@@ -220,6 +239,7 @@ impl Plugin for WasmPlugin {
 
     fn observe(&mut self, cache: &Cache, change: &Change) {
         let wants_pods = self.info.wants_pods;
+        let json = self.info.wants_pod_json;
         let Some(instance) = self.instance.as_mut().filter(|i| !i.is_poisoned()) else {
             // The next call re-makes the instance from the cache, change included.
             return;
@@ -231,7 +251,7 @@ impl Plugin for WasmPlugin {
             },
             Change::NodeRemoved(slot) => instance.remove_node(*slot),
             Change::PodPlaced(slot, pod) if wants_pods => match cache.node(*slot) {
-                Some(node) => instance.upsert_pod(*slot, &pod.placed_on(node.info.name())),
+                Some(node) => instance.upsert_pod(*slot, &pod.placed_on(node.info.name(), json)),
                 None => Ok(()),
             },
             Change::PodRemoved(uid) if wants_pods => instance.remove_pod(uid),
@@ -240,7 +260,28 @@ impl Plugin for WasmPlugin {
         if let Err(e) = result {
             warn!(plugin.name = %self.spec.name, error = &e as &dyn std::error::Error, "plugin failed to take a cache update; it will be re-made");
             (self.report)(&self.spec, &e);
-            self.instance = None;
+            self.drop_instance();
+        }
+    }
+
+    fn begin_cycle(&mut self) {
+        self.begun = false;
+    }
+
+    fn assumed(&mut self, cache: &Cache, change: &Change) {
+        let begun = std::mem::take(&mut self.begun);
+        let Change::PodPlaced(slot, _) = change else {
+            return self.observe(cache, change);
+        };
+        if !(begun && self.info.wants_pods) {
+            return self.observe(cache, change);
+        }
+        // The instance has the pod from `begin`: only the slot crosses.
+        if let Some(instance) = self.instance.as_mut().filter(|i| !i.is_poisoned())
+            && let Err(e) = instance.assume(*slot)
+        {
+            (self.report)(&self.spec, &e);
+            self.drop_instance();
         }
     }
 
@@ -248,12 +289,7 @@ impl Plugin for WasmPlugin {
         if !self.spec.points.pre_filter {
             return Ok(PreFilter::Proceed);
         }
-        let json = self.info.wants_pod_json;
-        let result = self.guard(
-            cache,
-            || PreFilterResult::Skip,
-            |i| i.pre_filter(pod.for_wasm(json)),
-        )?;
+        let result = self.guard(pod, cache, || PreFilterResult::Skip, |i| i.pre_filter())?;
         Ok(match result {
             PreFilterResult::Proceed => PreFilter::Proceed,
             PreFilterResult::Skip => PreFilter::Skip,
@@ -274,11 +310,11 @@ impl Plugin for WasmPlugin {
             out.resize(candidates.len(), None);
             return Ok(());
         }
-        let json = self.info.wants_pod_json;
         let codes = self.guard(
+            pod,
             cache,
             || vec![0; candidates.len()],
-            |i| i.filter(pod.for_wasm(json), candidates),
+            |i| i.filter(candidates),
         )?;
         out.extend(
             codes
@@ -297,12 +333,7 @@ impl Plugin for WasmPlugin {
         if !self.spec.points.pre_score {
             return Ok(true);
         }
-        let json = self.info.wants_pod_json;
-        self.guard(
-            cache,
-            || false,
-            |i| i.pre_score(pod.for_wasm(json), feasible),
-        )
+        self.guard(pod, cache, || false, |i| i.pre_score(feasible))
     }
 
     fn score(
@@ -311,16 +342,15 @@ impl Plugin for WasmPlugin {
         cache: &Cache,
         feasible: &[u32],
     ) -> Result<Vec<i64>, PluginError> {
-        let json = self.info.wants_pod_json;
         let normalize = self.spec.points.normalize;
         self.guard(
+            pod,
             cache,
             || vec![0; feasible.len()],
             |i| {
-                let pod = pod.for_wasm(json);
-                let scores = i.score(pod, feasible)?;
+                let scores = i.score(feasible)?;
                 if normalize {
-                    i.normalize_score(pod, feasible, &scores)
+                    i.normalize_score(feasible, &scores)
                 } else {
                     Ok(scores)
                 }
@@ -337,8 +367,7 @@ impl Plugin for WasmPlugin {
         if !self.spec.points.reserve {
             return Ok(Ok(()));
         }
-        let json = self.info.wants_pod_json;
-        self.guard(cache, || Ok(()), |i| i.reserve(pod.for_wasm(json), slot))
+        self.guard(pod, cache, || Ok(()), |i| i.reserve(slot))
     }
 
     fn unreserve(&mut self, pod: &PodInfo, slot: u32) {
@@ -349,7 +378,7 @@ impl Plugin for WasmPlugin {
             && let Err(e) = instance.unreserve(pod.for_wasm(self.info.wants_pod_json), slot)
         {
             (self.report)(&self.spec, &e);
-            self.instance = None;
+            self.drop_instance();
         }
     }
 }

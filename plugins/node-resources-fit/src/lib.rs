@@ -3,14 +3,14 @@
 //!
 //! Filter: a node fits if it has room for one more pod and, for every resource the pod
 //! requests, allocatable minus what its pods already request covers the request.
-//! Score: LeastAllocated over cpu and memory (weights 1 and 1), with kube-scheduler's
-//! defaults for pods that request nothing (100m cpu, 200 MiB memory).
+//! Score: LeastAllocated over cpu and memory (weights 1 and 1) of the non-zero requests, as
+//! the native one: containers that request nothing count as 100m cpu and 200 MiB memory.
 //!
 //! Config (all optional): `{"extendedResources": ["nvidia.com/gpu"]}` names extended
 //! resources that get their own reason ("Insufficient nvidia.com/gpu"); others share one.
 
 use serde::Deserialize;
-use skiff_plugin_sdk::{MAX_NODE_SCORE, NodeInfo, Pod, Reason, Resources, SchedulerPlugin};
+use skiff_plugin_sdk::{MAX_NODE_SCORE, NodeInfo, Pod, Reason, SchedulerPlugin};
 
 const TOO_MANY_PODS: u16 = 1;
 const CPU: u16 = 2;
@@ -19,9 +19,6 @@ const EPHEMERAL: u16 = 4;
 const EXTENDED: u16 = 5;
 /// Codes from here on name `extendedResources[code - FIRST_NAMED]`.
 const FIRST_NAMED: u16 = 6;
-
-const DEFAULT_MILLI_CPU: i64 = 100;
-const DEFAULT_MEMORY: i64 = 200 * 1024 * 1024;
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -39,20 +36,6 @@ fn least_allocated(requested: i64, allocatable: i64) -> i64 {
         return 0;
     }
     (allocatable - requested) * MAX_NODE_SCORE / allocatable
-}
-
-fn non_zero(r: &Resources) -> (i64, i64) {
-    let cpu = if r.milli_cpu == 0 {
-        DEFAULT_MILLI_CPU
-    } else {
-        r.milli_cpu
-    };
-    let mem = if r.memory == 0 {
-        DEFAULT_MEMORY
-    } else {
-        r.memory
-    };
-    (cpu, mem)
 }
 
 impl SchedulerPlugin for Fit {
@@ -117,13 +100,9 @@ impl SchedulerPlugin for Fit {
     }
 
     fn score(&self, pod: &Pod, node: &NodeInfo) -> i64 {
-        let (pod_cpu, pod_mem) = non_zero(&pod.requests);
-        let (mut cpu, mut mem) = (pod_cpu, pod_mem);
-        for placed in &node.pods {
-            let (c, m) = non_zero(&placed.requests);
-            cpu += c;
-            mem += m;
-        }
+        // Non-zero requests, as kube-scheduler scores: pods without requests still count.
+        let cpu = node.non_zero_requested.0 + pod.non_zero_requests.0;
+        let mem = node.non_zero_requested.1 + pod.non_zero_requests.1;
         let free = &node.node.allocatable;
         (least_allocated(cpu, free.milli_cpu) + least_allocated(mem, free.memory)) / 2
     }

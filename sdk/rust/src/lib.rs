@@ -68,6 +68,9 @@ pub struct NodeInfo {
     pub pods: Vec<Pod>,
     /// The sum of those pods' requests.
     pub requested: Resources,
+    /// The sum of those pods' [`Pod::non_zero_requests`] (cpu, memory): what
+    /// kube-scheduler's allocation scorers count, kept here so a scorer needn't walk the pods.
+    pub non_zero_requested: (i64, i64),
 }
 
 /// Every node the SDK knows, for plugins that look across nodes (spreading, counting).
@@ -98,8 +101,8 @@ pub trait SchedulerPlugin: Sized + 'static {
         Vec::new()
     }
 
-    /// Whether the SDK should keep the pods placed on each node ([`NodeInfo::pods`] and
-    /// [`NodeInfo::requested`]). Costs a host call per placed pod, so it is opt-in.
+    /// Whether the SDK should keep the pods placed on each node ([`NodeInfo::pods`],
+    /// [`NodeInfo::requested`] and [`NodeInfo::non_zero_requested`]). Costs a host call per placed pod, so it is opt-in.
     fn wants_pods(&self) -> bool {
         false
     }
@@ -215,30 +218,32 @@ macro_rules! export_scheduler {
             fn remove_pod(uid: ::std::string::String) {
                 __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().remove_pod(&uid))
             }
-            fn pre_filter(pod: $crate::Pod) -> $crate::PreFilterResult {
-                __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().pre_filter(&pod))
+            fn begin(pod: $crate::Pod) {
+                __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().begin(pod))
             }
-            fn filter(pod: $crate::Pod, candidates: ::std::vec::Vec<u32>) -> ::std::vec::Vec<u16> {
-                __SKIFF_RUNTIME.with(|rt| rt.borrow().filter(&pod, &candidates))
+            fn pre_filter() -> $crate::PreFilterResult {
+                __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().pre_filter())
             }
-            fn pre_score(pod: $crate::Pod, candidates: ::std::vec::Vec<u32>) -> bool {
-                __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().pre_score(&pod, &candidates))
+            fn filter(candidates: ::std::vec::Vec<u32>) -> ::std::vec::Vec<u16> {
+                __SKIFF_RUNTIME.with(|rt| rt.borrow().filter(&candidates))
             }
-            fn score(pod: $crate::Pod, candidates: ::std::vec::Vec<u32>) -> ::std::vec::Vec<i64> {
-                __SKIFF_RUNTIME.with(|rt| rt.borrow().score(&pod, &candidates))
+            fn pre_score(candidates: ::std::vec::Vec<u32>) -> bool {
+                __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().pre_score(&candidates))
+            }
+            fn score(candidates: ::std::vec::Vec<u32>) -> ::std::vec::Vec<i64> {
+                __SKIFF_RUNTIME.with(|rt| rt.borrow().score(&candidates))
             }
             fn normalize_score(
-                pod: $crate::Pod,
                 _candidates: ::std::vec::Vec<u32>,
                 scores: ::std::vec::Vec<i64>,
             ) -> ::std::vec::Vec<i64> {
-                __SKIFF_RUNTIME.with(|rt| rt.borrow().normalize_score(&pod, scores))
+                __SKIFF_RUNTIME.with(|rt| rt.borrow().normalize_score(scores))
             }
-            fn reserve(
-                pod: $crate::Pod,
-                slot: u32,
-            ) -> ::std::result::Result<(), ::std::string::String> {
-                __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().reserve(&pod, slot))
+            fn reserve(slot: u32) -> ::std::result::Result<(), ::std::string::String> {
+                __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().reserve(slot))
+            }
+            fn assume(slot: u32) {
+                __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().assume(slot))
             }
             fn unreserve(pod: $crate::Pod, slot: u32) {
                 __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().unreserve(&pod, slot))

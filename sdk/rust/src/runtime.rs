@@ -5,6 +5,11 @@ use std::collections::HashMap;
 use crate::bindings::exports::skiff::plugin::scheduler::PluginInfo;
 use crate::{Cluster, NodeInfo, Pod, PreFilterResult, Resources, SchedulerPlugin};
 
+// The host calls `init` first on every instance, and `begin` before a cycle's extension
+// points; anything else is a host bug, so these are panics (a trap, which the host reports).
+const INIT_FIRST: &str = "init is called before any other export";
+const BEGIN_FIRST: &str = "begin is called before the cycle's extension points";
+
 /// The state behind an exported plugin: the plugin itself and the cache the host feeds.
 /// [`export_scheduler!`](crate::export_scheduler) keeps one per instance.
 pub struct Runtime<P> {
@@ -12,6 +17,8 @@ pub struct Runtime<P> {
     nodes: Vec<Option<NodeInfo>>,
     /// Which slot each placed pod is on, by uid.
     placed: HashMap<String, u32>,
+    /// The pod of the scheduling cycle (from `begin`).
+    current: Option<Pod>,
 }
 
 impl<P> Default for Runtime<P> {
@@ -20,8 +27,16 @@ impl<P> Default for Runtime<P> {
             plugin: None,
             nodes: Vec::new(),
             placed: HashMap::new(),
+            current: None,
         }
     }
+}
+
+/// Adds (`sign` 1) or takes away (`sign` -1) a pod's requests from a node's sums.
+fn account(node: &mut NodeInfo, pod: &Pod, sign: i64) {
+    add(&mut node.requested, &pod.requests, sign);
+    node.non_zero_requested.0 += sign * pod.non_zero_requests.0;
+    node.non_zero_requested.1 += sign * pod.non_zero_requests.1;
 }
 
 fn add(total: &mut Resources, r: &Resources, sign: i64) {
@@ -54,18 +69,27 @@ impl<P: SchedulerPlugin> Runtime<P> {
     }
 
     fn plugin(&self) -> &P {
-        // The host calls `init` first on every instance; anything else first is a host bug.
-        self.plugin
-            .as_ref()
-            .expect("init is called before any other export")
+        self.plugin.as_ref().expect(INIT_FIRST)
     }
 
-    fn plugin_and_cluster(&mut self) -> (&mut P, Cluster<'_>) {
-        let plugin = self
-            .plugin
-            .as_mut()
-            .expect("init is called before any other export");
-        (plugin, Cluster { nodes: &self.nodes })
+    /// The plugin, the node cache and the cycle's pod, borrowed apart.
+    fn parts(&mut self) -> (&mut P, Cluster<'_>, &Pod) {
+        let Runtime {
+            plugin,
+            nodes,
+            current,
+            ..
+        } = self;
+        let plugin = plugin.as_mut().expect(INIT_FIRST);
+        (
+            plugin,
+            Cluster { nodes },
+            current.as_ref().expect(BEGIN_FIRST),
+        )
+    }
+
+    fn current(&self) -> &Pod {
+        self.current.as_ref().expect(BEGIN_FIRST)
     }
 
     fn node(&self, slot: u32) -> Option<&NodeInfo> {
@@ -98,6 +122,7 @@ impl<P: SchedulerPlugin> Runtime<P> {
                     node,
                     pods: Vec::new(),
                     requested: empty(),
+                    non_zero_requested: (0, 0),
                 })
             }
         }
@@ -120,7 +145,7 @@ impl<P: SchedulerPlugin> Runtime<P> {
         let Some(Some(info)) = self.nodes.get_mut(slot as usize) else {
             return;
         };
-        add(&mut info.requested, &pod.requests, 1);
+        account(info, &pod, 1);
         self.placed.insert(pod.uid.clone(), slot);
         info.pods.push(pod);
     }
@@ -134,19 +159,36 @@ impl<P: SchedulerPlugin> Runtime<P> {
             && let Some(i) = info.pods.iter().position(|p| p.uid == uid)
         {
             let pod = info.pods.swap_remove(i);
-            add(&mut info.requested, &pod.requests, -1);
+            account(info, &pod, -1);
         }
     }
 
+    /// `begin`: the pod the cycle's calls are about.
+    pub fn begin(&mut self, pod: Pod) {
+        self.current = Some(pod);
+    }
+
+    /// `assume`: the cycle's pod was placed on `slot`; the cycle is over.
+    pub fn assume(&mut self, slot: u32) {
+        let Some(mut pod) = self.current.take() else {
+            return;
+        };
+        if let Some(node) = self.node(slot) {
+            pod.node_name = Some(node.node.name.clone());
+        }
+        self.upsert_pod(slot, pod);
+    }
+
     /// `pre-filter`.
-    pub fn pre_filter(&mut self, pod: &Pod) -> PreFilterResult {
-        let (plugin, cluster) = self.plugin_and_cluster();
+    pub fn pre_filter(&mut self) -> PreFilterResult {
+        let (plugin, cluster, pod) = self.parts();
         plugin.pre_filter(pod, &cluster)
     }
 
     /// `filter`: one code per candidate; a slot the cache doesn't know doesn't fit (code 1).
-    pub fn filter(&self, pod: &Pod, candidates: &[u32]) -> Vec<u16> {
+    pub fn filter(&self, candidates: &[u32]) -> Vec<u16> {
         let plugin = self.plugin();
+        let pod = self.current();
         candidates
             .iter()
             .map(|&slot| match self.node(slot) {
@@ -160,14 +202,15 @@ impl<P: SchedulerPlugin> Runtime<P> {
     }
 
     /// `pre-score`.
-    pub fn pre_score(&mut self, pod: &Pod, candidates: &[u32]) -> bool {
-        let (plugin, cluster) = self.plugin_and_cluster();
+    pub fn pre_score(&mut self, candidates: &[u32]) -> bool {
+        let (plugin, cluster, pod) = self.parts();
         plugin.pre_score(pod, &cluster, candidates)
     }
 
     /// `score`: one score per candidate; 0 for a slot the cache doesn't know.
-    pub fn score(&self, pod: &Pod, candidates: &[u32]) -> Vec<i64> {
+    pub fn score(&self, candidates: &[u32]) -> Vec<i64> {
         let plugin = self.plugin();
+        let pod = self.current();
         candidates
             .iter()
             .map(|&slot| self.node(slot).map_or(0, |node| plugin.score(pod, node)))
@@ -175,20 +218,17 @@ impl<P: SchedulerPlugin> Runtime<P> {
     }
 
     /// `normalize-score`.
-    pub fn normalize_score(&self, pod: &Pod, mut scores: Vec<i64>) -> Vec<i64> {
-        self.plugin().normalize_score(pod, &mut scores);
+    pub fn normalize_score(&self, mut scores: Vec<i64>) -> Vec<i64> {
+        self.plugin().normalize_score(self.current(), &mut scores);
         scores
     }
 
     /// `reserve`.
-    pub fn reserve(&mut self, pod: &Pod, slot: u32) -> Result<(), String> {
-        let Some(node) = self.nodes.get(slot as usize).and_then(Option::as_ref) else {
+    pub fn reserve(&mut self, slot: u32) -> Result<(), String> {
+        let (plugin, cluster, pod) = self.parts();
+        let Some(node) = cluster.node(slot) else {
             return Err(format!("node slot {slot} is not in the plugin's cache"));
         };
-        let plugin = self
-            .plugin
-            .as_mut()
-            .expect("init is called before any other export");
         plugin.reserve(pod, node)
     }
 

@@ -1,14 +1,15 @@
 //! `skiff bench scheduler`: scheduling throughput and cycle latency through the real API.
 //!
-//! For each cluster size a fresh `skiff server` (without its own scheduler) gets simulated
-//! Node objects (capacity, zone and hostname labels, every tenth node tainted; no agent). Each
-//! scenario then creates a backlog of pending pods in its own namespace, and, where it uses
-//! Wasm plugins, their Plugin objects; only then does a scheduler start, in this process, as
-//! an API client like `skiff scheduler`. It waits for its caches and plugins before the first
-//! cycle, so every pod of the backlog is scheduled with the scenario's plugins. A watch on the
-//! namespace sees each binding arrive: pods/s is the backlog over the time from the first
-//! binding to the last. The cycle latencies (filters, scores, reserve; not the binding, which
-//! runs in parallel) are every attempt's exact duration, taken from the scheduler's metrics.
+//! For each cluster size and scenario a fresh `skiff server` (without its own scheduler) gets
+//! simulated Node objects (capacity, zone and hostname labels, every tenth node tainted; no
+//! agent), so every scenario starts from the same empty cluster. The scenario then creates a
+//! backlog of pending pods in its own namespace, and, where it uses Wasm plugins, their Plugin
+//! objects; only then does a scheduler start, in this process, as an API client like `skiff
+//! scheduler`. It waits for its caches and plugins before the first cycle, so every pod of the
+//! backlog is scheduled with the scenario's plugins. A watch on the namespace sees each
+//! binding arrive: pods/s is the backlog over the time from the first binding to the last.
+//! The cycle latencies (filters, scores, reserve; not the binding, which runs in parallel) are
+//! every attempt's exact duration, taken from the scheduler's metrics.
 //!
 //! Plugin load time is measured on the plugin host directly: a cold compile into an empty
 //! cache, a fresh host reading the compiled component from the disk cache, and the same host
@@ -142,15 +143,18 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     }
 
     for &nodes in &args.nodes {
-        let (server, _) = Server::start(&["--disable-scheduler"]).await?;
-        let nodes = make_nodes(&server, nodes).await?;
-        let client = crate::scheduler::client(&server.dir.path().join("kubeconfig.yaml")).await?;
         let cache = tempfile::tempdir()?;
         let mut baseline = None;
         let wanted = SCENARIOS
             .iter()
             .filter(|s| s.name == "a" || args.scenarios.iter().any(|n| n == s.name));
         for scenario in wanted {
+            // Each scenario gets a fresh server with the same empty nodes, so none of them
+            // schedules around the pods an earlier one left behind.
+            let (server, _) = Server::start(&["--disable-scheduler"]).await?;
+            let made = make_nodes(&server, nodes).await?;
+            let client =
+                crate::scheduler::client(&server.dir.path().join("kubeconfig.yaml")).await?;
             let m = scenario_run(
                 &server,
                 &client,
@@ -160,7 +164,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
                 args.pods,
             )
             .await
-            .with_context(|| format!("{nodes} nodes, scenario ({})", scenario.name))?;
+            .with_context(|| format!("{made} nodes, scenario ({})", scenario.name))?;
+            let nodes = made;
             let (base_wall, base_cpu) = *baseline.get_or_insert((m.wall, m.cpu));
             rows.push((
                 format!(
