@@ -102,7 +102,8 @@ pub trait SchedulerPlugin: Sized + 'static {
     }
 
     /// Whether the SDK should keep the pods placed on each node ([`NodeInfo::pods`],
-    /// [`NodeInfo::requested`] and [`NodeInfo::non_zero_requested`]). Costs a host call per placed pod, so it is opt-in.
+    /// [`NodeInfo::requested`] and [`NodeInfo::non_zero_requested`]). Costs a host call per
+    /// placed pod, so it is opt-in.
     fn wants_pods(&self) -> bool {
         false
     }

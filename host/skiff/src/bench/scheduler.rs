@@ -152,7 +152,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             // Each scenario gets a fresh server with the same empty nodes, so none of them
             // schedules around the pods an earlier one left behind.
             let (server, _) = Server::start(&["--disable-scheduler"]).await?;
-            let made = make_nodes(&server, nodes).await?;
+            let nodes = make_nodes(&server, nodes).await?;
             let client =
                 crate::scheduler::client(&server.dir.path().join("kubeconfig.yaml")).await?;
             let m = scenario_run(
@@ -164,8 +164,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
                 args.pods,
             )
             .await
-            .with_context(|| format!("{made} nodes, scenario ({})", scenario.name))?;
-            let nodes = made;
+            .with_context(|| format!("{nodes} nodes, scenario ({})", scenario.name))?;
             let (base_wall, base_cpu) = *baseline.get_or_insert((m.wall, m.cpu));
             rows.push((
                 format!(
