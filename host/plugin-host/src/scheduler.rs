@@ -303,10 +303,11 @@ impl SchedulerInstance {
         })
     }
 
-    /// `begin`: the pod of the cycle the next calls are about.
-    pub fn begin(&mut self, pod: &Pod) -> Result<(), PluginError> {
+    /// `begin`: the pod of the cycle the next calls are about, after placing the previous
+    /// cycle's pod on `assumed`.
+    pub fn begin(&mut self, pod: &Pod, assumed: Option<u32>) -> Result<(), PluginError> {
         self.call("begin", |b, s| {
-            b.skiff_plugin_scheduler().call_begin(s, pod)
+            b.skiff_plugin_scheduler().call_begin(s, pod, assumed)
         })
     }
 

@@ -92,28 +92,43 @@ fn zone_spread_filters_by_the_pods_it_was_fed() {
     plugin.upsert_pod(0, &pod("web-0", "web")).unwrap();
 
     let next = pod("web-1", "web");
-    plugin.begin(&next).unwrap();
+    plugin.begin(&next, None).unwrap();
     assert_eq!(plugin.pre_filter().unwrap(), PreFilterResult::Proceed);
     // z1 already has one web pod: placing another there would make the skew 2.
     assert_eq!(plugin.filter(&[0, 1, 2]).unwrap(), vec![1, 0, 2]);
     // Pods of other apps are not counted; pods without the label are skipped entirely.
-    plugin.begin(&pod("db-0", "db")).unwrap();
+    plugin.begin(&pod("db-0", "db"), None).unwrap();
     plugin.pre_filter().unwrap();
     assert_eq!(plugin.filter(&[0, 1]).unwrap(), vec![0, 0]);
     let mut unlabelled = pod("x", "x");
     unlabelled.labels.clear();
-    plugin.begin(&unlabelled).unwrap();
+    plugin.begin(&unlabelled, None).unwrap();
     assert_eq!(plugin.pre_filter().unwrap(), PreFilterResult::Skip);
     // Once the first pod is gone, z1 is fine again.
     plugin.remove_pod("uid-web-0").unwrap();
-    plugin.begin(&next).unwrap();
+    plugin.begin(&next, None).unwrap();
     plugin.pre_filter().unwrap();
     assert_eq!(plugin.filter(&[0, 1]).unwrap(), vec![0, 0]);
     // The cycle's pod, assumed on z2, counts there from now on.
     plugin.assume(1).unwrap();
-    plugin.begin(&pod("web-2", "web")).unwrap();
+    plugin.begin(&pod("web-2", "web"), None).unwrap();
     plugin.pre_filter().unwrap();
     assert_eq!(plugin.filter(&[0, 1]).unwrap(), vec![0, 1]);
+    // The next `begin` can carry where web-2 went (z1): z1 and z2 are even again, and the
+    // zone without the label still doesn't fit.
+    plugin.begin(&pod("web-3", "web"), Some(0)).unwrap();
+    plugin.pre_filter().unwrap();
+    assert_eq!(plugin.filter(&[0, 1, 2]).unwrap(), vec![0, 0, 2]);
+    // The counts follow the nodes: with z2 gone (and web-1 with it), z1 is the only zone, so
+    // its one pod is no skew; a node joining a new zone z9 makes z1 the fuller one.
+    plugin.remove_node(1).unwrap();
+    plugin.begin(&pod("web-4", "web"), None).unwrap();
+    plugin.pre_filter().unwrap();
+    assert_eq!(plugin.filter(&[0]).unwrap(), vec![0]);
+    plugin.upsert_node(2, &node("n2", &[(zone, "z9")])).unwrap();
+    plugin.begin(&pod("web-4", "web"), None).unwrap();
+    plugin.pre_filter().unwrap();
+    assert_eq!(plugin.filter(&[0, 2]).unwrap(), vec![1, 0]);
 }
 
 #[test]
@@ -124,7 +139,7 @@ fn an_infinite_loop_is_stopped_at_its_deadline() {
         ..Limits::default()
     };
     let mut plugin = probe(&host, r#"{"fault": "loop"}"#, limits.clone());
-    plugin.begin(&pod("p", "a")).unwrap();
+    plugin.begin(&pod("p", "a"), None).unwrap();
     let started = Instant::now();
     let err = plugin.filter(&[0]).unwrap_err();
     let took = started.elapsed();
@@ -135,7 +150,7 @@ fn an_infinite_loop_is_stopped_at_its_deadline() {
     assert!(plugin.is_poisoned());
     assert_eq!(plugin.filter(&[0]).unwrap_err().kind, ErrorKind::Poisoned);
     let mut fresh = probe(&host, r#"{"requireLabel": "pool=a"}"#, limits);
-    fresh.begin(&pod("p", "a")).unwrap();
+    fresh.begin(&pod("p", "a"), None).unwrap();
     assert_eq!(fresh.filter(&[0]).unwrap(), vec![0]);
 }
 
@@ -148,7 +163,7 @@ fn unbounded_allocation_hits_the_memory_cap() {
         ..Limits::default()
     };
     let mut plugin = probe(&host, r#"{"fault": "alloc"}"#, limits);
-    plugin.begin(&pod("p", "a")).unwrap();
+    plugin.begin(&pod("p", "a"), None).unwrap();
     let err = plugin.filter(&[0]).unwrap_err();
     assert_eq!(err.kind, ErrorKind::MemoryLimit, "{err}");
 }
@@ -161,7 +176,7 @@ fn a_guest_panic_is_a_trap_with_the_guest_message() {
         r#"{"fault": "trap", "faultIn": "score"}"#,
         Limits::default(),
     );
-    plugin.begin(&pod("p", "a")).unwrap();
+    plugin.begin(&pod("p", "a"), None).unwrap();
     assert_eq!(plugin.filter(&[0]).unwrap(), vec![0]);
     let err = plugin.score(&[0]).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Trap);
@@ -185,7 +200,7 @@ fn fuel_bounds_a_loop_when_enabled() {
         ..Limits::default()
     };
     let mut plugin = probe(&host, r#"{"fault": "loop"}"#, limits);
-    plugin.begin(&pod("p", "a")).unwrap();
+    plugin.begin(&pod("p", "a"), None).unwrap();
     let err = plugin.filter(&[0]).unwrap_err();
     assert_eq!(err.kind, ErrorKind::OutOfFuel, "{err}");
 }
@@ -250,7 +265,7 @@ fn compiled_components_are_reused_from_the_disk_cache() {
     plugin.upsert_node(0, &node("a", &[])).unwrap();
     plugin.upsert_node(1, &node("b", &[])).unwrap();
     plugin.upsert_pod(1, &pod("big", "x")).unwrap();
-    plugin.begin(&pod("p", "a")).unwrap();
+    plugin.begin(&pod("p", "a"), None).unwrap();
     let scores = plugin.score(&[0, 1]).unwrap();
     assert!(scores[1] > scores[0], "{scores:?}");
 }
@@ -259,7 +274,7 @@ fn compiled_components_are_reused_from_the_disk_cache() {
 fn metrics_count_calls_and_errors() {
     let host = host();
     let mut plugin = probe(&host, r#"{"fault": "trap"}"#, Limits::default());
-    plugin.begin(&pod("p", "a")).unwrap();
+    plugin.begin(&pod("p", "a"), None).unwrap();
     let _ = plugin.filter(&[0]);
     let mut registry = prometheus_client::registry::Registry::default();
     host.metrics().register(&mut registry);

@@ -195,6 +195,9 @@ pub struct Profile {
     pub percentage_of_nodes_to_score: u32,
     /// Where the next cycle starts looking, so sampling rotates over the nodes.
     next_start: usize,
+    /// Of the nodes the last cycle judged, how many (feasible, judged): its share of feasible
+    /// nodes sizes this cycle's chunks.
+    last_yield: (usize, usize),
 }
 
 /// Why a pod could not be scheduled.
@@ -279,10 +282,24 @@ fn nodes_to_find(all: usize, percentage: u32) -> usize {
 }
 
 /// Nodes are filtered in chunks, so sampling can stop early without a call per node: each
-/// chunk is as many nodes as are still wanted (most nodes usually fit), within these bounds.
-/// The lower bound keeps a cluster where few nodes fit from costing a call per node.
-const CHUNK: usize = 512;
+/// chunk is as many nodes as should hold the feasible ones still wanted, at the share of
+/// feasible nodes the last cycle saw (successive pods tend to be alike, so one chunk, and one
+/// call per Wasm filter, usually finds them all), within these bounds. The lower bound keeps a
+/// cluster where few nodes fit from costing a call per node; the upper one keeps a cycle after
+/// one that found few from judging many more nodes than kube-scheduler would.
+const MAX_CHUNK: usize = 1024;
 const MIN_CHUNK: usize = 64;
+
+/// How many nodes to judge to find `wanted` more feasible ones, when `feasible` of `judged`
+/// were before; a sixteenth more, since the share varies from chunk to chunk.
+fn chunk_size(wanted: usize, (feasible, judged): (usize, usize)) -> usize {
+    let estimate = if feasible == 0 || judged == 0 {
+        wanted
+    } else {
+        (wanted * judged).div_ceil(feasible)
+    };
+    (estimate + estimate / 16).clamp(MIN_CHUNK, MAX_CHUNK)
+}
 
 impl Profile {
     /// An empty profile.
@@ -292,6 +309,7 @@ impl Profile {
             entries: Vec::new(),
             percentage_of_nodes_to_score: 0,
             next_start: 0,
+            last_yield: (0, 0),
         }
     }
 
@@ -404,7 +422,7 @@ impl Profile {
         let mut evaluated = 0;
         let mut verdicts = Vec::new();
         while evaluated < universe.len() && feasible.len() < want {
-            let chunk = (want - feasible.len()).clamp(MIN_CHUNK, CHUNK);
+            let chunk = chunk_size(want - feasible.len(), self.last_yield);
             let end = (evaluated + chunk).min(universe.len());
             let mut candidates: Vec<u32> = (evaluated..end)
                 .map(|k| universe[(start + k) % universe.len()])
@@ -445,6 +463,7 @@ impl Profile {
             }
             feasible.extend(candidates);
         }
+        self.last_yield = (feasible.len(), evaluated);
         // As kube-scheduler, score only as many feasible nodes as were wanted.
         feasible.truncate(want);
         self.next_start = (start + evaluated) % universe.len().max(1);
@@ -558,5 +577,21 @@ impl Profile {
         for i in self.active().into_iter().rev() {
             self.entries[i].plugin.unreserve(pod, slot);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_sized_by_the_last_share_of_feasible_nodes() {
+        // Nothing seen yet: as many as are wanted, and a sixteenth more.
+        assert_eq!(chunk_size(480, (0, 0)), 510);
+        // Nine in ten fit: 480 are in about 534 nodes.
+        assert_eq!(chunk_size(480, (900, 1000)), 567);
+        // Within the bounds either way.
+        assert_eq!(chunk_size(3, (900, 1000)), MIN_CHUNK);
+        assert_eq!(chunk_size(480, (1, 1000)), MAX_CHUNK);
     }
 }

@@ -107,6 +107,9 @@ pub struct WasmPlugin {
     instance: Option<SchedulerInstance>,
     /// Whether the instance got this cycle's pod (`begin`).
     begun: bool,
+    /// Where the last cycle's pod was placed, not yet told: the next `begin` carries it, or
+    /// `assume` before any other call.
+    pending: Option<u32>,
     info: PluginInfo,
     reasons: Vec<(Arc<str>, bool)>,
     report: Reporter,
@@ -151,6 +154,7 @@ impl WasmPlugin {
             pre,
             instance: Some(instance),
             begun: false,
+            pending: None,
             info,
             reasons,
             report,
@@ -171,6 +175,21 @@ impl WasmPlugin {
     fn drop_instance(&mut self) {
         self.instance = None;
         self.begun = false;
+        // A fresh instance gets the placement with the rest of the cache.
+        self.pending = None;
+    }
+
+    /// Tells the instance where the last cycle's pod went, before a call that is not `begin`.
+    fn flush(&mut self) {
+        let Some(slot) = self.pending.take() else {
+            return;
+        };
+        if let Some(instance) = self.instance.as_mut().filter(|i| !i.is_poisoned())
+            && let Err(e) = instance.assume(slot)
+        {
+            (self.report)(&self.spec, &e);
+            self.drop_instance();
+        }
     }
 
     /// The live instance, re-made (and re-fed) if the last one failed, with the cycle's pod.
@@ -186,7 +205,7 @@ impl WasmPlugin {
         }
         let instance = self.instance.as_mut().expect("just made");
         if !self.begun {
-            instance.begin(pod.for_wasm(self.info.wants_pod_json))?;
+            instance.begin(pod.for_wasm(self.info.wants_pod_json), self.pending.take())?;
             self.begun = true;
         }
         Ok(instance)
@@ -238,6 +257,7 @@ impl Plugin for WasmPlugin {
     }
 
     fn observe(&mut self, cache: &Cache, change: &Change) {
+        self.flush();
         let wants_pods = self.info.wants_pods;
         let json = self.info.wants_pod_json;
         let Some(instance) = self.instance.as_mut().filter(|i| !i.is_poisoned()) else {
@@ -276,12 +296,9 @@ impl Plugin for WasmPlugin {
         if !(begun && self.info.wants_pods) {
             return self.observe(cache, change);
         }
-        // The instance has the pod from `begin`: only the slot crosses.
-        if let Some(instance) = self.instance.as_mut().filter(|i| !i.is_poisoned())
-            && let Err(e) = instance.assume(*slot)
-        {
-            (self.report)(&self.spec, &e);
-            self.drop_instance();
+        // The instance has the pod from `begin`: only the slot crosses, with the next call.
+        if self.instance.as_ref().is_some_and(|i| !i.is_poisoned()) {
+            self.pending = Some(*slot);
         }
     }
 
@@ -374,11 +391,88 @@ impl Plugin for WasmPlugin {
         if !self.spec.points.reserve {
             return;
         }
+        self.flush();
         if let Some(instance) = self.instance.as_mut().filter(|i| !i.is_poisoned())
             && let Err(e) = instance.unreserve(pod.for_wasm(self.info.wants_pod_json), slot)
         {
             (self.report)(&self.spec, &e);
             self.drop_instance();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builtins::tests::node;
+    use skiff_plugin_host::{Config, Host};
+
+    fn zone_spread(cache: &Cache) -> WasmPlugin {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/wasm32-wasip2/release/zone_spread.wasm");
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; build the plugins first", path.display()));
+        let host = Host::new(Config::default()).unwrap();
+        let loaded = host.load("zone-spread", &bytes).unwrap();
+        let pre = host.scheduler("zone-spread", &loaded).unwrap();
+        let spec = WasmSpec {
+            name: "zone-spread".into(),
+            config: "{}".into(),
+            failure_policy: FailurePolicy::Fail,
+            points: Points::ALL,
+            weight: 1,
+            replaces: Vec::new(),
+            limits: Limits::default(),
+            generation: 1,
+        };
+        WasmPlugin::new(spec, pre, cache, Arc::new(|_, e| panic!("{e}"))).unwrap()
+    }
+
+    fn web(name: &str) -> Arc<PodInfo> {
+        let pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "uid": name,
+                         "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c"}]},
+        }))
+        .unwrap();
+        Arc::new(PodInfo::new(Arc::new(pod)))
+    }
+
+    /// What the plugin's filter says of every node for `pod`, as a fresh cycle.
+    fn verdicts(plugin: &mut WasmPlugin, cache: &Cache, pod: &PodInfo) -> Vec<bool> {
+        plugin.begin_cycle();
+        plugin.pre_filter(pod, cache).unwrap();
+        let mut out = Vec::new();
+        let slots: Vec<u32> = cache.slots().collect();
+        plugin.filter(pod, cache, &slots, &mut out).unwrap();
+        out.iter().map(Option::is_none).collect()
+    }
+
+    #[test]
+    fn a_placement_reaches_the_plugin_before_any_later_change() {
+        let mut cache = Cache::default();
+        let zone = |z: &str| serde_json::json!({"topology.kubernetes.io/zone": z});
+        cache.upsert_node(node("n1", zone("z1"), serde_json::json!({}), "4"));
+        cache.upsert_node(node("n2", zone("z2"), serde_json::json!({}), "4"));
+        let mut plugin = zone_spread(&cache);
+        let z1 = cache.slot("n1").unwrap();
+
+        // web-a is assumed on n1: the next cycle's `begin` carries it, and z1 is full.
+        let a = web("web-a");
+        assert_eq!(verdicts(&mut plugin, &cache, &a), [true, true]);
+        let change = cache.place(a.clone(), "n1", true).unwrap();
+        plugin.assumed(&cache, &change);
+        let b = web("web-b");
+        let full = verdicts(&mut plugin, &cache, &b);
+        assert!(!full[z1 as usize]);
+
+        // web-b is assumed on n2, then its binding fails and it is forgotten before any other
+        // cycle: the placement must reach the plugin before the removal, or web-b would stay
+        // counted in z2 for good.
+        let change = cache.place(b.clone(), "n2", true).unwrap();
+        plugin.assumed(&cache, &change);
+        let removed = cache.remove_pod(&b.uid).unwrap();
+        plugin.observe(&cache, &removed);
+        assert_eq!(verdicts(&mut plugin, &cache, &web("web-c")), full);
     }
 }

@@ -8,7 +8,7 @@
 //! "maxSkew": 1}`. Pods without the app label, and nodes without the topology key, are left
 //! alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 use skiff_plugin_sdk::{Cluster, NodeInfo, Pod, PreFilterResult, Reason, SchedulerPlugin};
@@ -36,9 +36,30 @@ impl Default for Config {
 
 struct ZoneSpread {
     config: Config,
-    /// For the pod being scheduled: matching pods per zone, and the smallest count.
+    /// Nodes per zone: a zone with nodes but none of the app's pods counts as 0.
+    zones: BTreeMap<String, i64>,
+    /// Labelled pods per namespace, app and zone, kept up to date as pods come and go, so a
+    /// cycle costs a look-up rather than a walk over every node.
+    pods: HashMap<String, HashMap<String, BTreeMap<String, i64>>>,
+    /// For the pod being scheduled: its app's pods per zone, and the smallest count.
     counts: BTreeMap<String, i64>,
     min: i64,
+}
+
+/// Adds `sign` to a count, dropping it at zero so departed zones and apps are forgotten.
+fn add(counts: &mut BTreeMap<String, i64>, zone: &str, sign: i64) {
+    match counts.get_mut(zone) {
+        Some(n) => {
+            *n += sign;
+            if *n <= 0 {
+                counts.remove(zone);
+            }
+        }
+        None if sign > 0 => {
+            counts.insert(zone.to_owned(), sign);
+        }
+        None => {}
+    }
 }
 
 impl SchedulerPlugin for ZoneSpread {
@@ -52,6 +73,8 @@ impl SchedulerPlugin for ZoneSpread {
         }
         Ok(ZoneSpread {
             config,
+            zones: BTreeMap::new(),
+            pods: HashMap::new(),
             counts: BTreeMap::new(),
             min: 0,
         })
@@ -77,23 +100,39 @@ impl SchedulerPlugin for ZoneSpread {
         true
     }
 
-    fn pre_filter(&mut self, pod: &Pod, cluster: &Cluster<'_>) -> PreFilterResult {
+    fn count_node(&mut self, node: &NodeInfo, sign: i64) {
+        if let Some(zone) = node.node.label(&self.config.topology_key) {
+            add(&mut self.zones, zone, sign);
+        }
+    }
+
+    fn count_pod(&mut self, node: &NodeInfo, pod: &Pod, sign: i64) {
+        let (Some(app), Some(zone)) = (
+            pod.label(&self.config.app_label),
+            node.node.label(&self.config.topology_key),
+        ) else {
+            return;
+        };
+        let apps = self.pods.entry(pod.namespace.clone()).or_default();
+        let counts = match apps.get_mut(app) {
+            Some(counts) => counts,
+            None => apps.entry(app.to_owned()).or_default(),
+        };
+        add(counts, zone, sign);
+        if counts.is_empty() {
+            apps.remove(app);
+        }
+    }
+
+    fn pre_filter(&mut self, pod: &Pod, _cluster: &Cluster<'_>) -> PreFilterResult {
         let Some(app) = pod.label(&self.config.app_label) else {
             return PreFilterResult::Skip;
         };
+        let placed = self.pods.get(&pod.namespace).and_then(|apps| apps.get(app));
         self.counts.clear();
-        for node in cluster.nodes() {
-            let Some(zone) = node.node.label(&self.config.topology_key) else {
-                continue;
-            };
-            let same = node
-                .pods
-                .iter()
-                .filter(|p| {
-                    p.namespace == pod.namespace && p.label(&self.config.app_label) == Some(app)
-                })
-                .count() as i64;
-            *self.counts.entry(zone.to_owned()).or_default() += same;
+        for zone in self.zones.keys() {
+            let n = placed.and_then(|c| c.get(zone)).copied().unwrap_or(0);
+            self.counts.insert(zone.clone(), n);
         }
         self.min = self.counts.values().copied().min().unwrap_or(0);
         PreFilterResult::Proceed

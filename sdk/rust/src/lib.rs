@@ -113,6 +113,17 @@ pub trait SchedulerPlugin: Sized + 'static {
         false
     }
 
+    /// Keeps the plugin's own sums up to date as the cache changes, so it needn't walk every
+    /// node each cycle (the part kube-scheduler's AddPod/RemovePod extensions play): `1` when a
+    /// pod joins `node` (placed, assumed, or on a node counted in), `-1` when it leaves
+    /// (deleted, moved, unassumed, or on a node counted out). `node` holds the pod meanwhile.
+    /// Only called when the plugin [wants pods](Self::wants_pods).
+    fn count_pod(&mut self, _node: &NodeInfo, _pod: &Pod, _sign: i64) {}
+
+    /// `1` when a node joins the cache, `-1` when it leaves; a changed node is counted out as
+    /// it was and in as it is. A node's pods are counted out before it and in after it.
+    fn count_node(&mut self, _node: &NodeInfo, _sign: i64) {}
+
     /// Called once per pod before filtering, with every node.
     fn pre_filter(&mut self, _pod: &Pod, _cluster: &Cluster<'_>) -> PreFilterResult {
         PreFilterResult::Proceed
@@ -219,8 +230,8 @@ macro_rules! export_scheduler {
             fn remove_pod(uid: ::std::string::String) {
                 __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().remove_pod(&uid))
             }
-            fn begin(pod: $crate::Pod) {
-                __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().begin(pod))
+            fn begin(pod: $crate::Pod, assumed: Option<u32>) {
+                __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().begin(pod, assumed))
             }
             fn pre_filter() -> $crate::PreFilterResult {
                 __SKIFF_RUNTIME.with(|rt| rt.borrow_mut().pre_filter())

@@ -32,6 +32,20 @@ impl<P> Default for Runtime<P> {
     }
 }
 
+/// Counts a node with its pods into (`sign` 1) or out of (-1) the plugin's own sums: pods
+/// after their node comes, before it goes.
+fn count<P: SchedulerPlugin>(plugin: &mut P, info: &NodeInfo, sign: i64) {
+    if sign > 0 {
+        plugin.count_node(info, sign);
+    }
+    for pod in &info.pods {
+        plugin.count_pod(info, pod, sign);
+    }
+    if sign < 0 {
+        plugin.count_node(info, sign);
+    }
+}
+
 /// Adds (`sign` 1) or takes away (`sign` -1) a pod's requests from a node's sums.
 fn account(node: &mut NodeInfo, pod: &Pod, sign: i64) {
     add(&mut node.requested, &pod.requests, sign);
@@ -114,16 +128,30 @@ impl<P: SchedulerPlugin> Runtime<P> {
         if self.nodes.len() <= i {
             self.nodes.resize_with(i + 1, || None);
         }
+        let plugin = self.plugin.as_mut().expect(INIT_FIRST);
         match &mut self.nodes[i] {
-            Some(info) if info.node.name == node.name => info.node = node,
+            Some(info) if info.node.name == node.name => {
+                count(plugin, info, -1);
+                info.node = node;
+                count(plugin, info, 1);
+            }
             entry => {
-                *entry = Some(NodeInfo {
+                // A reused slot: the host removes a node before reusing its slot, but a
+                // stale one must not keep its pods.
+                if let Some(old) = entry.take() {
+                    count(plugin, &old, -1);
+                    for pod in &old.pods {
+                        self.placed.remove(&pod.uid);
+                    }
+                }
+                let info = entry.insert(NodeInfo {
                     slot,
                     node,
                     pods: Vec::new(),
                     requested: empty(),
                     non_zero_requested: (0, 0),
-                })
+                });
+                plugin.count_node(info, 1);
             }
         }
     }
@@ -133,6 +161,7 @@ impl<P: SchedulerPlugin> Runtime<P> {
         if let Some(entry) = self.nodes.get_mut(slot as usize)
             && let Some(info) = entry.take()
         {
+            count(self.plugin.as_mut().expect(INIT_FIRST), &info, -1);
             for pod in &info.pods {
                 self.placed.remove(&pod.uid);
             }
@@ -148,6 +177,11 @@ impl<P: SchedulerPlugin> Runtime<P> {
         account(info, &pod, 1);
         self.placed.insert(pod.uid.clone(), slot);
         info.pods.push(pod);
+        let pod = info.pods.last().expect("just pushed");
+        self.plugin
+            .as_mut()
+            .expect(INIT_FIRST)
+            .count_pod(info, pod, 1);
     }
 
     /// `remove-pod`.
@@ -158,13 +192,19 @@ impl<P: SchedulerPlugin> Runtime<P> {
         if let Some(Some(info)) = self.nodes.get_mut(slot as usize)
             && let Some(i) = info.pods.iter().position(|p| p.uid == uid)
         {
+            let plugin = self.plugin.as_mut().expect(INIT_FIRST);
+            plugin.count_pod(info, &info.pods[i], -1);
             let pod = info.pods.swap_remove(i);
             account(info, &pod, -1);
         }
     }
 
-    /// `begin`: the pod the cycle's calls are about.
-    pub fn begin(&mut self, pod: Pod) {
+    /// `begin`: the pod the cycle's calls are about, after placing the previous cycle's pod
+    /// where `assumed` says.
+    pub fn begin(&mut self, pod: Pod, assumed: Option<u32>) {
+        if let Some(slot) = assumed {
+            self.assume(slot);
+        }
         self.current = Some(pod);
     }
 
