@@ -1,5 +1,6 @@
 //! The built-in plugins of kube-scheduler's default profile, with its messages and weights.
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::api::core::v1 as core;
@@ -295,10 +296,13 @@ impl Plugin for NodePorts {
         false
     }
     fn filter_node(&self, pod: &PodInfo, node: &NodeState) -> Option<Rejection> {
-        let conflict = pod
-            .host_ports
-            .iter()
-            .any(|want| node.host_ports.iter().any(|used| used.conflicts(want)));
+        // Ports of pods nominated here (of at least this priority) are spoken for too.
+        let conflict = pod.host_ports.iter().any(|want| {
+            node.host_ports
+                .iter()
+                .chain(node.reserved_for(pod).flat_map(|n| &n.host_ports))
+                .any(|used| used.conflicts(want))
+        });
         conflict.then(|| Rejection::new(&PORTS, false))
     }
 }
@@ -310,10 +314,16 @@ pub struct NodeResourcesFit;
 /// The reasons a node lacks room for a pod (empty: it fits).
 pub fn insufficient(pod: &PodInfo, node: &NodeState) -> Vec<Arc<str>> {
     let free = &node.info.allocatable;
-    let used = &node.requested;
+    // Room nominated for pods of at least this one's priority counts as used.
+    let mut used = Cow::Borrowed(&node.requested);
+    let mut pods = node.pods.len();
+    for nominated in node.reserved_for(pod) {
+        used.to_mut().add(&nominated.requests, 1);
+        pods += 1;
+    }
     let want = &pod.requests;
     let mut reasons = Vec::new();
-    if node.pods.len() as i64 + 1 > free.pods {
+    if pods as i64 + 1 > free.pods {
         reasons.push(TOO_MANY_PODS.clone());
     }
     if want.milli_cpu > 0 && want.milli_cpu > free.milli_cpu - used.milli_cpu {
@@ -725,6 +735,47 @@ pub(crate) mod tests {
             placed(vec![z2(&prefer), plain()], &prefers_z2(100)),
             "plain"
         );
+    }
+
+    #[test]
+    fn room_nominated_for_a_preemptor_is_kept_from_pods_of_lower_priority() {
+        let prioritized = |uid: &str, priority: i32, cpu: &str| {
+            let pod: core::Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": uid, "namespace": "default", "uid": uid},
+                "spec": {"priority": priority, "containers": [container(cpu)]},
+            }))
+            .unwrap();
+            Arc::new(PodInfo::new(Arc::new(pod)))
+        };
+        let mut cache = Cache::default();
+        cache.upsert_node(node(
+            "n1",
+            serde_json::json!({}),
+            serde_json::json!({}),
+            "4",
+        ));
+        let mut p = profile();
+        let urgent = prioritized("urgent", 100, "3");
+        cache.nominate(urgent.clone(), "n1");
+        // A lower (or equal) priority pod that would fit the empty node must leave the room.
+        for priority in [0, 100] {
+            match p.schedule(&prioritized("low", priority, "2"), &cache) {
+                Err(e) => assert_eq!(e.message(), "0/1 nodes are available: 1 Insufficient cpu."),
+                Ok(d) => panic!("placed on slot {}", d.slot),
+            }
+        }
+        // The nominated pod itself, and pods above it, may use it.
+        assert!(p.schedule(&urgent, &cache).is_ok());
+        assert!(p.schedule(&prioritized("higher", 200, "2"), &cache).is_ok());
+        // Once it is placed, its requests count as a pod's, not twice.
+        cache.place(urgent.clone(), "n1", true).unwrap();
+        assert!(cache.node(0).unwrap().nominated.is_empty());
+        assert!(p.schedule(&prioritized("small", 0, "1"), &cache).is_ok());
+        // A nomination given up frees the room.
+        cache.remove_pod(&urgent.uid);
+        cache.nominate(urgent.clone(), "n1");
+        assert!(cache.unnominate(&urgent.uid));
+        assert!(p.schedule(&prioritized("low", 0, "2"), &cache).is_ok());
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct NodeState {
     pub non_zero: (i64, i64),
     /// Host ports in use.
     pub host_ports: Vec<HostPort>,
+    /// Pending pods a preemption nominated for this node (`status.nominatedNodeName`): the
+    /// room their victims leave is theirs, so pods of no higher priority must not take it.
+    pub nominated: Vec<Arc<PodInfo>>,
 }
 
 impl NodeState {
@@ -31,7 +34,17 @@ impl NodeState {
             requested: self.requested.clone(),
             non_zero: self.non_zero,
             host_ports: self.host_ports.clone(),
+            nominated: self.nominated.clone(),
         }
+    }
+
+    /// The nominated pods whose room `pod` must leave alone: those of at least its priority,
+    /// as kube-scheduler's filters count them, but not the pod itself.
+    pub fn reserved_for<'a>(&'a self, pod: &'a PodInfo) -> impl Iterator<Item = &'a PodInfo> {
+        self.nominated
+            .iter()
+            .filter(move |n| n.priority >= pod.priority && n.uid != pod.uid)
+            .map(|n| &**n)
     }
 
     /// Puts a pod on the node (replacing one with its uid).
@@ -87,6 +100,8 @@ pub struct Cache {
     placed: HashMap<String, u32>,
     /// Placed pods whose binding is still in flight.
     assumed: HashMap<String, u32>,
+    /// Nominated pods: the slot each is nominated for, by uid.
+    nominations: HashMap<String, u32>,
     /// Placed pods with inter-pod (anti-)affinity terms, by uid, so a pod without terms of
     /// its own checks only these instead of every pod.
     with_affinity: HashMap<String, (u32, Arc<PodInfo>)>,
@@ -186,6 +201,7 @@ impl Cache {
             requested: Resources::default(),
             non_zero: (0, 0),
             host_ports: Vec::new(),
+            nominated: Vec::new(),
         });
         Change::NodeUpserted(slot)
     }
@@ -199,6 +215,9 @@ impl Cache {
                 self.assumed.remove(uid);
                 self.with_affinity.remove(uid);
             }
+            for pod in &state.nominated {
+                self.nominations.remove(&pod.uid);
+            }
         }
         self.free.push(slot);
         Some(Change::NodeRemoved(slot))
@@ -208,6 +227,8 @@ impl Cache {
     pub fn place(&mut self, pod: Arc<PodInfo>, node: &str, assumed: bool) -> Option<Change> {
         let slot = self.slot(node)?;
         self.remove_pod(&pod.uid);
+        // Placed, it holds room as a pod of the node now.
+        self.unnominate(&pod.uid);
         let state = self.nodes[slot as usize].as_mut()?;
         state.add_pod(pod.clone());
         self.placed.insert(pod.uid.clone(), slot);
@@ -219,6 +240,30 @@ impl Cache {
             self.assumed.insert(pod.uid.clone(), slot);
         }
         Some(Change::PodPlaced(slot, pod))
+    }
+
+    /// Holds room on `node` for a pending pod a preemption nominated for it (replacing an
+    /// earlier nomination of the pod). An unknown node holds nothing.
+    pub fn nominate(&mut self, pod: Arc<PodInfo>, node: &str) {
+        self.unnominate(&pod.uid);
+        let Some(slot) = self.slot(node) else {
+            return;
+        };
+        if let Some(state) = self.nodes[slot as usize].as_mut() {
+            self.nominations.insert(pod.uid.clone(), slot);
+            state.nominated.push(pod);
+        }
+    }
+
+    /// Gives up a pod's nomination; whether it had one.
+    pub fn unnominate(&mut self, uid: &str) -> bool {
+        let Some(slot) = self.nominations.remove(uid) else {
+            return false;
+        };
+        if let Some(state) = self.nodes[slot as usize].as_mut() {
+            state.nominated.retain(|p| p.uid != uid);
+        }
+        true
     }
 
     /// Confirms an assumed pod (its binding succeeded).

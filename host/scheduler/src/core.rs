@@ -385,7 +385,7 @@ impl Core {
             self.forget_pod(&uid, now);
             return;
         }
-        self.pods.insert(uid.clone(), pod.clone());
+        let previous = self.pods.insert(uid.clone(), pod.clone());
         if let Some(node) = pod.node_name() {
             self.queue.remove(&uid);
             let was_assumed = self.cache.is_assumed(&uid);
@@ -397,8 +397,23 @@ impl Core {
             }
             return;
         }
-        if self.cache.is_placed(&uid) || pod.is_terminating() {
-            // Assumed: its binding is in flight. Terminating: nothing to schedule.
+        if self.cache.is_placed(&uid) {
+            // Assumed: its binding is in flight.
+            return;
+        }
+        // A preemption's nomination holds room on its node until the pod is placed, goes
+        // or loses it; room given up may fit pods that were waiting. An update that never
+        // carried the nomination keeps the one made in memory: its patch may land later.
+        let cleared = previous.is_some_and(|p| p.nominated_node().is_some());
+        match pod.nominated_node() {
+            Some(node) if !pod.is_terminating() => self.cache.nominate(pod.clone(), node),
+            _ if (cleared || pod.is_terminating()) && self.cache.unnominate(&uid) => {
+                self.queue.move_unschedulable(now);
+            }
+            _ => {}
+        }
+        if pod.is_terminating() {
+            // Nothing to schedule.
             return;
         }
         if self.profiles.contains_key(&pod.scheduler_name) {
@@ -409,11 +424,14 @@ impl Core {
     fn forget_pod(&mut self, uid: &str, now: Instant) {
         self.pods.remove(uid);
         self.queue.remove(uid);
+        let freed = self.cache.unnominate(uid);
         if let Some(change) = self.cache.remove_pod(uid) {
             self.observe(change);
-            // Resources were freed.
-            self.queue.move_unschedulable(now);
+        } else if !freed {
+            return;
         }
+        // Resources were freed.
+        self.queue.move_unschedulable(now);
     }
 
     fn schedule_one(&mut self, pod: Arc<PodInfo>) {
@@ -516,6 +534,8 @@ impl Core {
         };
         let node = self.cache.node(chosen.slot)?.info.name().to_owned();
         info!(pod.key = %pod.key, node.name = %node, victims = chosen.victims.len(), "preempting");
+        // The room is the pod's from now, not only once the API has the nomination.
+        self.cache.nominate(pod.clone(), &node);
         self.reporter.preempt(pod, &node, chosen.victims);
         None
     }

@@ -5,7 +5,9 @@
 //! pods taken off. Candidates are the nodes only a preemptible plugin (NodeResourcesFit,
 //! NodePorts) rejected; nodes rejected by pod (anti-)affinity or spread constraints are not
 //! tried, Wasm filters are not consulted in the what-if (the pod's next cycle runs them), and
-//! PodDisruptionBudgets are not considered yet.
+//! PodDisruptionBudgets are not considered yet. The chosen node is nominated for the pod
+//! (the cache's nominations), and the built-in resource and port filters keep its room from
+//! pods of no higher priority until the pod is placed.
 
 use std::cmp::Reverse;
 use std::sync::Arc;
