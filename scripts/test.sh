@@ -7,11 +7,18 @@ cd "$(dirname "$0")/.."
 if ! python3 -c 'import kubernetes' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check 'kubernetes>=31'
 fi
-# A real OCI registry on loopback (the CNCF distribution, Debian's docker-registry): the
-# tests start their own on 127.0.0.1 and push plugin components to it.
-if ! command -v docker-registry >/dev/null; then
+# Debian packages the build and the tests use:
+# - libseccomp-dev: libcontainer's seccomp support links libseccomp (without it a seccomp
+#   profile would be silently ignored);
+# - docker-registry: a real OCI registry (the CNCF distribution) the tests start on
+#   127.0.0.1 and push plugin components and images to;
+# - busybox-static, umoci, skopeo: the tests build a small busybox image and push it.
+packages=(libseccomp-dev pkg-config docker-registry busybox-static umoci skopeo)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y docker-registry || { apt-get update && apt-get install -y docker-registry; }
+    apt-get install -y "${missing[@]}" || { apt-get update && apt-get install -y "${missing[@]}"; }
 fi
 command -v kubectl >/dev/null || { echo "kubectl (v1.32) is required at /usr/bin/kubectl" >&2; exit 1; }
 

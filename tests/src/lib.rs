@@ -41,6 +41,8 @@ pub struct TestCluster {
     log: Arc<Mutex<Vec<String>>>,
     /// kubectl's discovery cache for this cluster.
     cache: tempfile::TempDir,
+    /// Whether the server runs its node agent (real containers).
+    agent: bool,
 }
 
 impl TestCluster {
@@ -49,8 +51,19 @@ impl TestCluster {
         Self::start_with(&[])
     }
 
-    /// Starts a server with extra flags.
+    /// Starts a server with extra flags, without its node agent (tests make simulated
+    /// nodes).
     pub fn start_with(extra_args: &[&str]) -> Result<Self> {
+        Self::start_inner(extra_args, false)
+    }
+
+    /// Starts a server with its node agent: the machine is the cluster's one node and pods
+    /// run in real containers. The agent's HTTPS port is picked by the kernel.
+    pub fn start_with_agent(extra_args: &[&str]) -> Result<Self> {
+        Self::start_inner(extra_args, true)
+    }
+
+    fn start_inner(extra_args: &[&str], agent: bool) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut cluster = TestCluster {
             dir,
@@ -59,6 +72,7 @@ impl TestCluster {
             child: None,
             log: Arc::default(),
             cache: tempfile::tempdir()?,
+            agent,
         };
         cluster.spawn(0)?;
         Ok(cluster)
@@ -78,6 +92,11 @@ impl TestCluster {
             .arg(self.dir.path())
             .arg("--port")
             .arg(port.to_string())
+            .args(if self.agent {
+                &["--agent-port", "0"][..]
+            } else {
+                &["--disable-agent"][..]
+            })
             .args(&self.extra_args)
             .env(
                 "SKIFF_LOG",
@@ -220,7 +239,135 @@ impl Drop for TestCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if self.agent {
+            remove_containers(self.dir.path());
+        }
     }
+}
+
+/// Kills what the agent in `dir` left running (containers outlive their agent by design),
+/// unmounts its root filesystems and namespace files, and removes its cgroups, so the
+/// temporary directory can go.
+pub fn remove_containers(dir: &Path) {
+    let containers = dir.join("agent/containers");
+    let mut cgroups = Vec::new();
+    for entry in std::fs::read_dir(&containers)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let read = |name: &str| -> Option<serde_json::Value> {
+            serde_json::from_slice(&std::fs::read(entry.path().join(name)).ok()?).ok()
+        };
+        if let Some(state) = read("state.json") {
+            for key in ["pid", "shimPid"] {
+                if let Some(pid) = state[key].as_i64() {
+                    let _ = Command::new("kill")
+                        .arg("-9")
+                        .arg(pid.to_string())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+        if let Some(path) = read("config.json")
+            .and_then(|c| c.pointer("/linux/cgroupsPath")?.as_str().map(str::to_owned))
+        {
+            cgroups.push(path);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let prefix = dir.display().to_string();
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+    for path in cgroups {
+        let rel = path.trim_start_matches('/');
+        let parent = Path::new(rel)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(hierarchy.path().join(rel));
+            let _ = std::fs::remove_dir(hierarchy.path().join(&parent));
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(rel));
+    }
+}
+
+/// Builds a small image from Debian's busybox-static (`/usr/bin/busybox` and its applets,
+/// `/etc/passwd`, a `/www/index.html`) with umoci, and pushes it to `registry` as
+/// `<registry>/test/busybox:<tag>` with skopeo; returns the reference.
+pub fn push_busybox_image(registry: &TestRegistry, tag: &str) -> Result<String> {
+    for tool in ["/usr/bin/busybox", "/usr/bin/umoci", "/usr/bin/skopeo"] {
+        if !Path::new(tool).exists() {
+            bail!("{tool} is missing: scripts/test.sh installs busybox-static, umoci and skopeo");
+        }
+    }
+    let work = tempfile::tempdir()?;
+    let layout = work.path().join("layout");
+    let bundle = work.path().join("bundle");
+    let run = |cmd: &mut Command| -> Result<()> {
+        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+        if !out.status.success() {
+            bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let image = format!("{}:{tag}", layout.display());
+    run(Command::new("umoci")
+        .arg("init")
+        .arg("--layout")
+        .arg(&layout))?;
+    run(Command::new("umoci").args(["new", "--image"]).arg(&image))?;
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(&image)
+        .arg(&bundle))?;
+    let root = bundle.join("rootfs");
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "www"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/usr/bin/busybox", root.join("bin/busybox"))?;
+    let list = Command::new("/usr/bin/busybox").arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        // The binary itself is in the list; linking it to itself would replace it.
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnobody:x:65534:\n")?;
+    std::fs::write(root.join("www/index.html"), "<h1>hello from skiff</h1>\n")?;
+    run(Command::new("chmod").arg("1777").arg(root.join("tmp")))?;
+    run(Command::new("umoci")
+        .args(["repack", "--image"])
+        .arg(&image)
+        .arg(&bundle))?;
+    run(Command::new("umoci")
+        .args(["config", "--image"])
+        .arg(&image)
+        .args(["--config.cmd", "/bin/sh", "--config.env", "PATH=/bin"]))?;
+    let reference = format!("{}/test/busybox:{tag}", registry.host);
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{image}"))
+        .arg(format!("docker://{reference}")))?;
+    Ok(reference)
 }
 
 /// The result of a kubectl run.

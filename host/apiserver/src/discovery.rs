@@ -55,6 +55,11 @@ fn subresource_kind(def: &ResourceDef, sub: &Subresource) -> (Value, &'static [&
             &["create"],
         ),
         Subresource::Finalize => (own, &["update"]),
+        Subresource::Log => (own, &["get"]),
+        Subresource::Exec => (
+            json!({"group": "", "version": "v1", "kind": "PodExecOptions"}),
+            &["create", "get"],
+        ),
     }
 }
 

@@ -31,6 +31,7 @@ mod objects;
 mod openapi;
 mod patch;
 pub mod pki;
+pub mod proxy;
 mod rest;
 mod reviews;
 mod route;
@@ -79,6 +80,8 @@ pub struct Config {
     /// Metrics of other parts of the process (the scheduler, the plugin host), served on
     /// `/metrics` after the API's own. A std Mutex: held only while encoding.
     pub extra_metrics: Option<Arc<std::sync::Mutex<prometheus_client::registry::Registry>>>,
+    /// How the server reaches node agents for pods/log; without one those requests fail.
+    pub agent_client: Option<proxy::AgentClient>,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
             node_port_range: (30000, 32767),
             authenticator: Authenticator::default(),
             extra_metrics: None,
+            agent_client: None,
         }
     }
 }
@@ -173,6 +177,10 @@ impl ApiServer {
     }
 
     /// The resources served now.
+    pub(crate) fn agent_client(&self) -> Option<&proxy::AgentClient> {
+        self.config.agent_client.as_ref()
+    }
+
     fn registry(&self) -> Arc<Registry> {
         self.registry
             .read()

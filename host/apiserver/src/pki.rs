@@ -165,7 +165,10 @@ impl Pki {
                 pki.server_key = k;
             }
             _ => {
-                let (cert, key) = pki.issue(Leaf::Server { sans })?;
+                let (cert, key) = pki.issue(Leaf::Server {
+                    common_name: "skiff-apiserver",
+                    sans,
+                })?;
                 write(&path("apiserver.key"), &key, true)?;
                 write(&path("apiserver.crt"), &cert, false)?;
                 write(&path("apiserver.sans"), &wanted_sans, false)?;
@@ -204,16 +207,24 @@ impl Pki {
         })
     }
 
+    /// Issues a serving certificate signed by the cluster CA (for node agents).
+    pub fn issue_server(
+        &self,
+        common_name: &str,
+        sans: &[String],
+    ) -> Result<(String, String), PkiError> {
+        self.issue(Leaf::Server { common_name, sans })
+    }
+
     fn issue(&self, leaf: Leaf<'_>) -> Result<(String, String), PkiError> {
         let ca_key = KeyPair::from_pem(&self.ca_key).map_err(cert_error("CA key"))?;
         let issuer = Issuer::from_ca_cert_pem(&self.ca_cert, ca_key)
             .map_err(cert_error("CA certificate"))?;
         let key = KeyPair::generate().map_err(cert_error("leaf key"))?;
         let mut params = match leaf {
-            Leaf::Server { sans } => {
+            Leaf::Server { common_name, sans } => {
                 let mut p = CertificateParams::new(sans.to_vec()).map_err(cert_error("SANs"))?;
-                p.distinguished_name
-                    .push(DnType::CommonName, "skiff-apiserver");
+                p.distinguished_name.push(DnType::CommonName, common_name);
                 p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
                 p
             }
@@ -257,6 +268,7 @@ impl Pki {
 
 enum Leaf<'a> {
     Server {
+        common_name: &'a str,
         sans: &'a [String],
     },
     Client {

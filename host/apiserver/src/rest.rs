@@ -36,6 +36,9 @@ pub(crate) struct Ctx {
     pub query: Query,
     pub headers: HeaderMap,
     pub user: User,
+    /// The client's side of a protocol upgrade (exec, attach, port-forward), taken by the
+    /// handler that answers 101.
+    pub upgrade: std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 impl Ctx {
@@ -168,6 +171,7 @@ impl Ctx {
                 uid: String::new(),
                 groups: vec!["system:masters".into()],
             },
+            upgrade: std::sync::Mutex::new(None),
         }
     }
 
@@ -227,6 +231,11 @@ async fn dispatch(
     if path.namespace.is_some() && !def.namespaced {
         return Err(ApiError::no_route());
     }
+    let mut req = req;
+    let upgrade = req
+        .headers()
+        .contains_key(::http::header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let ctx = Ctx {
         server: server.clone(),
@@ -236,6 +245,7 @@ async fn dispatch(
         headers: parts.headers,
         path,
         user,
+        upgrade: std::sync::Mutex::new(upgrade),
     };
     let method = parts.method;
     let sub = ctx.path.subresource.clone();
@@ -284,6 +294,8 @@ async fn dispatch(
             get(&ctx).await
         }
         (&Method::GET, true, Some("scale")) => subresources::get_scale(&ctx).await,
+        (&Method::GET, true, Some("log")) => crate::proxy::pod_log(&ctx).await,
+        (&Method::GET | &Method::POST, true, Some("exec")) => crate::proxy::pod_exec(&ctx).await,
         (&Method::POST, false, None) => {
             verb_allowed("create")?;
             create(&ctx, read(limit).await?).await

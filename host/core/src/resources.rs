@@ -58,6 +58,10 @@ pub enum Subresource {
     Eviction,
     /// `namespaces/finalize`: writes `spec.finalizers`.
     Finalize,
+    /// `pods/log`: a container's log, from the node agent.
+    Log,
+    /// `pods/exec`: a command run in a container, streamed from the node agent.
+    Exec,
 }
 
 impl Subresource {
@@ -69,6 +73,8 @@ impl Subresource {
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
             Subresource::Finalize => "finalize",
+            Subresource::Log => "log",
+            Subresource::Exec => "exec",
         }
     }
 }
@@ -283,7 +289,7 @@ fn scale(spec: &str, status: &str, selector: &str) -> Subresource {
 
 /// Every built-in resource, in discovery order.
 pub fn builtin_resources() -> Vec<ResourceDef> {
-    use Subresource::{Binding, Eviction, Finalize, Status};
+    use Subresource::{Binding, Eviction, Exec, Finalize, Log, Status};
     let replicas = || scale("/spec/replicas", "/status/replicas", "/spec/selector");
     let mut namespaces = builtin::<core::Namespace>(&["ns"], &[], vec![Status, Finalize]);
     namespaces.verbs = NO_COLLECTION_DELETE.iter().map(|s| (*s).into()).collect();
@@ -296,7 +302,11 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
         builtin::<core::Node>(&["no"], &[], vec![Status]),
         builtin::<core::PersistentVolumeClaim>(&["pvc"], &[], vec![Status]),
         builtin::<core::PersistentVolume>(&["pv"], &[], vec![Status]),
-        builtin::<core::Pod>(&["po"], &["all"], vec![Status, Binding, Eviction]),
+        builtin::<core::Pod>(
+            &["po"],
+            &["all"],
+            vec![Status, Binding, Eviction, Log, Exec],
+        ),
         builtin::<core::ResourceQuota>(&["quota"], &[], vec![Status]),
         builtin::<core::Secret>(&[], &[], vec![]),
         builtin::<core::ServiceAccount>(&["sa"], &[], vec![]),

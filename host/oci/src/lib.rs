@@ -24,6 +24,8 @@ use tracing::{debug, instrument};
 
 /// The layer media type of a Wasm component (CNCF Wasm OCI artifact).
 pub const WASM_LAYER: &str = "application/wasm";
+pub use oci_client::manifest::OciDescriptor as Descriptor;
+
 /// The config media type of a Wasm component (CNCF Wasm OCI artifact).
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 
@@ -99,6 +101,17 @@ pub struct Component {
     pub manifest_digest: String,
     /// The component's bytes, checked against the layer digest.
     pub bytes: Vec<u8>,
+}
+
+/// A container image's manifest, resolved for this host's platform.
+#[derive(Debug, Clone)]
+pub struct ImageManifest {
+    /// The manifest's digest (`sha256:...`).
+    pub digest: String,
+    /// The image config (JSON).
+    pub config: String,
+    /// The layers, bottom first.
+    pub layers: Vec<OciDescriptor>,
 }
 
 /// A registry client; cheap to clone (one connection pool, one token cache).
@@ -182,6 +195,43 @@ impl Registry {
         })
     }
 
+    /// The manifest (for this host's platform, when `reference` names an index) and config
+    /// of a container image, anonymously.
+    #[instrument(skip(self), err)]
+    pub async fn pull_image_manifest(&self, reference: &str) -> Result<ImageManifest, OciError> {
+        let image = parse(reference)?;
+        let pull = self
+            .client
+            .pull_manifest_and_config(&image, &RegistryAuth::Anonymous);
+        let (manifest, digest, config) = tokio::time::timeout(PULL_TIMEOUT, pull)
+            .await
+            .map_err(|_| OciError::Timeout {
+                reference: reference.to_owned(),
+            })?
+            .map_err(registry_error(reference))?;
+        Ok(ImageManifest {
+            digest,
+            config,
+            layers: manifest.layers,
+        })
+    }
+
+    /// Streams one blob of `reference`'s repository into `out`; the digest is checked as
+    /// the bytes arrive and a mismatch is an error.
+    #[instrument(skip(self, layer, out), fields(digest = %layer.digest), err)]
+    pub async fn pull_blob(
+        &self,
+        reference: &str,
+        layer: &OciDescriptor,
+        out: impl tokio::io::AsyncWrite + Unpin,
+    ) -> Result<(), OciError> {
+        let image = parse(reference)?;
+        self.client
+            .pull_blob(&image, layer, out)
+            .await
+            .map_err(registry_error(reference))
+    }
+
     /// Pushes `component` to `reference` as a Wasm OCI artifact, anonymously; returns the
     /// manifest's URL.
     #[instrument(skip(self, component), fields(bytes = component.len()), err)]
@@ -205,6 +255,12 @@ impl Registry {
             .map_err(registry_error(reference))?;
         Ok(response.manifest_url)
     }
+}
+
+/// A reference normalized as the kubelet and containerd do: `busybox` is
+/// `docker.io/library/busybox:latest`.
+pub fn normalize_reference(reference: &str) -> Result<String, OciError> {
+    parse(reference).map(|r| r.whole())
 }
 
 fn parse(reference: &str) -> Result<Reference, OciError> {

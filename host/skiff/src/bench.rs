@@ -161,6 +161,8 @@ async fn spawn(
     let child = Command::new(std::env::current_exe()?)
         .args(["server", "--port", &port.to_string(), "--data-dir"])
         .arg(dir)
+        // The API and scheduler benchmarks measure the control plane with simulated nodes.
+        .arg("--disable-agent")
         .args(flags)
         .env("SKIFF_LOG", "warn")
         .stdout(Stdio::null())

@@ -1,5 +1,6 @@
 //! The `skiff` binary: subcommands, configuration and logging; the work is in the crates.
 
+mod agent;
 mod bench;
 mod plugin;
 mod scheduler;
@@ -29,12 +30,35 @@ enum Command {
     Scheduler(scheduler::Args),
     /// Tools for plugin authors (push a component to a registry).
     Plugin(plugin::Args),
+    /// Run the node agent on its own, against a cluster's API.
+    Agent(agent::Args),
+    /// The agent's image store: import images for offline machines, list them.
+    Image(agent::ImageArgs),
     /// Measure a part of skiff and print a table.
     Bench(bench::Args),
+    /// The per-container shim the agent starts (not for direct use).
+    #[command(hide = true, subcommand)]
+    Shim(ShimCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ShimCommand {
+    /// Create, start and supervise one container.
+    Run(skiff_agent::shim::RunArgs),
+    /// Run a process in a running container.
+    Exec(skiff_agent::shim::ExecArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The shim must stay single-threaded (libcontainer clones it) and must not log to the
+    // container's stdio: it runs before any runtime or subscriber exists.
+    let command = match cli.command {
+        Command::Shim(ShimCommand::Run(args)) => skiff_agent::shim::run(args),
+        Command::Shim(ShimCommand::Exec(args)) => skiff_agent::shim::exec(args),
+        Command::Image(args) => return agent::image(args),
+        other => other,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -46,11 +70,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Server(args) => server::run(args).await,
             Command::Scheduler(args) => scheduler::run(args).await,
             Command::Plugin(args) => plugin::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Shim(_) | Command::Image(_) => unreachable!("handled before the runtime"),
         }
     })
 }

@@ -42,9 +42,14 @@ pub struct Args {
     pub disable_scheduler: bool,
     #[command(flatten)]
     pub scheduler: crate::scheduler::SchedulerFlags,
+    /// Don't run a node agent (the local node) inside the server.
+    #[arg(long)]
+    pub disable_agent: bool,
+    #[command(flatten)]
+    pub agent: crate::agent::AgentFlags,
 }
 
-fn hostname() -> Option<String> {
+pub(crate) fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
@@ -97,8 +102,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let scheduler_config = crate::scheduler::config(&args.scheduler)?;
     let extra_metrics = Arc::new(std::sync::Mutex::new(Registry::default()));
+    let agent_client = skiff_apiserver::proxy::AgentClient::new(&pki)
+        .map_err(anyhow::Error::msg)
+        .context("making the node agents' client certificate")?;
     let config = Config {
         advertise_address: advertise,
+        agent_client: Some(agent_client),
         authenticator,
         bookmark_interval: Duration::from_secs(args.bookmark_interval_seconds.max(1)),
         extra_metrics: Some(extra_metrics.clone()),
@@ -137,6 +146,39 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             shutdown.clone(),
         )))
     };
+    let agent = if args.disable_agent {
+        None
+    } else {
+        let data_dir = args.data_dir.join("agent");
+        let mut config = crate::agent::config(&args.agent, data_dir.clone())?;
+        if args.agent.node_ip.is_none() {
+            config.address = advertise.ip();
+        }
+        if config.tls.is_none() {
+            // The local agent gets a serving certificate from the cluster CA.
+            let sans = vec![
+                config.address.to_string(),
+                config.node_name.clone(),
+                "localhost".to_owned(),
+            ];
+            let (cert_pem, key_pem) = pki
+                .issue_server(&format!("system:node:{}", config.node_name), &sans)
+                .context("issuing the agent's certificate")?;
+            config.tls = Some(skiff_agent::server::ServerTls {
+                cert_pem,
+                key_pem,
+                client_ca_pem: pki.ca_cert.clone(),
+            });
+        }
+        let runtime = crate::agent::runtime(&data_dir)?;
+        let client = crate::scheduler::client(&kubeconfig).await?;
+        Some(tokio::spawn(skiff_agent::run(
+            client,
+            config,
+            runtime,
+            shutdown.clone(),
+        )))
+    };
     info!(
         listen.address = %local,
         kubeconfig = %kubeconfig.display(),
@@ -146,6 +188,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     wait_for_signal().await;
     info!("shutting down");
     shutdown.cancel();
+    if let Some(agent) = agent {
+        agent.await.context("the agent task failed")??;
+    }
     if let Some(scheduler) = scheduler {
         scheduler.await.context("the scheduler task failed")??;
     }

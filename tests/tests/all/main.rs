@@ -1,6 +1,7 @@
 //! skiff's end-to-end tests, in one test binary: a real `skiff server` process per test,
 //! the real kubectl, the official Python client and kube-rs.
 
+mod agent;
 mod clients;
 mod crash;
 mod crds;

@@ -1,0 +1,468 @@
+//! The per-container shim: `skiff shim run`, a single-threaded process that drives
+//! libcontainer for one container, as containerd's shims do.
+//!
+//! libcontainer `clone3()`s the calling process and runs Rust code in the child before it
+//! execs, and it changes process-wide state (dumpable, cwd); from the multi-threaded agent
+//! that deadlocks (see shared/reference/youki-notes.md, O3/O4). So the agent fork+execs this
+//! shim per container. The shim is the parent of the container's init: it waits for it,
+//! keeps its output in the CRI log format, records the exit (code, signal, OOM kill) in a
+//! file, removes the container's cgroups and state, and exits. It runs in its own session,
+//! so it outlives an agent restart and the exit code survives it.
+//!
+//! The agent learns the outcome of the start from one JSON line on the shim's stdout
+//! (`{"pid":N}` or `{"error":"..."}`), and of the container from `state.json` and
+//! `exit.json` in the container's directory.
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+/// The arguments of `skiff shim run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The container's ID (libcontainer's, and the directory name under `--root`).
+    #[arg(long)]
+    pub id: String,
+    /// The OCI bundle: `config.json` and the root filesystem it names.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// libcontainer's state root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Where `state.json` and `exit.json` are written.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The container's log, appended in the CRI format.
+    #[arg(long)]
+    pub log: PathBuf,
+    /// The cgroup path of the container (as in the spec), to read OOM kills from.
+    #[arg(long)]
+    pub cgroup: String,
+}
+
+/// What `state.json` holds once the container runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunningState {
+    /// The shim's own PID (the agent watches it to learn of the exit).
+    pub shim_pid: i32,
+    /// The container's init, as seen from the host.
+    pub pid: i32,
+    /// When the container started.
+    pub started_at: jiff::Timestamp,
+}
+
+/// What `exit.json` holds once the container has exited.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitState {
+    /// The exit code, or 128 + the signal that killed it.
+    pub exit_code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Whether the kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+    /// When it started.
+    pub started_at: jiff::Timestamp,
+    /// When it exited.
+    pub finished_at: jiff::Timestamp,
+}
+
+/// The readiness line on the shim's stdout.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ready {
+    /// The init's PID when the container started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Why it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Writes `value` to `path` atomically (a temporary file renamed over it), so a reader
+/// never sees half a file, even across a crash.
+pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(value)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// `skiff shim run`: never returns to a caller that uses threads; exits the process.
+pub fn run(args: RunArgs) -> ! {
+    // Out of the agent's session and process group: a Ctrl-C or a kill of the agent's
+    // group must not reach the containers.
+    let _ = nix::unistd::setsid();
+    let mut ready_out = std::io::stdout();
+    match start(&args) {
+        Ok(started) => {
+            let ready = Ready {
+                pid: Some(started.pid.as_raw()),
+                error: None,
+            };
+            let _ = writeln!(
+                ready_out,
+                "{}",
+                serde_json::to_string(&ready).unwrap_or_default()
+            );
+            let _ = ready_out.flush();
+            // The agent reads one line; closing our end lets it see EOF if it reads more.
+            if let Ok(null) = File::options().write(true).open("/dev/null") {
+                let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1);
+            }
+            let code = supervise(&args, started);
+            std::process::exit(code)
+        }
+        Err(error) => {
+            let ready = Ready {
+                pid: None,
+                error: Some(error),
+            };
+            let _ = writeln!(
+                ready_out,
+                "{}",
+                serde_json::to_string(&ready).unwrap_or_default()
+            );
+            std::process::exit(1)
+        }
+    }
+}
+
+struct Started {
+    pid: Pid,
+    started_at: jiff::Timestamp,
+    container: libcontainer::container::Container,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+fn start(args: &RunArgs) -> Result<Started, String> {
+    let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("making a pipe: {e}"))?;
+    let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("making a pipe: {e}"))?;
+    std::fs::create_dir_all(&args.root).map_err(|e| format!("{}: {e}", args.root.display()))?;
+    let mut container = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
+        .with_root_path(&args.root)
+        .and_then(|b| b.validate_id())
+        .map_err(|e| e.to_string())?
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .as_init(&args.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("creating the container: {e}"))?;
+    container
+        .start()
+        .map_err(|e| format!("starting the container: {e}"))?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| "the started container has no pid".to_owned())?;
+    let started_at = jiff::Timestamp::now();
+    let state = RunningState {
+        shim_pid: std::process::id() as i32,
+        pid: pid.as_raw(),
+        started_at,
+    };
+    write_json(&args.dir.join("state.json"), &state)
+        .map_err(|e| format!("writing state.json: {e}"))?;
+    Ok(Started {
+        pid,
+        started_at,
+        container,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
+/// Copies the container's output to its log until it exits, then records the exit.
+fn supervise(args: &RunArgs, mut started: Started) -> i32 {
+    let mut log = match File::options().create(true).append(true).open(&args.log) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!("opening {}: {e}", args.log.display());
+            None
+        }
+    };
+    let mut streams = [
+        LogStream::new("stdout", started.stdout),
+        LogStream::new("stderr", started.stderr),
+    ];
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(started.pid.as_raw()).expect("a positive pid"),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok();
+    let mut exited: Option<WaitStatus> = None;
+    loop {
+        let mut fds = Vec::with_capacity(3);
+        let mut which = Vec::with_capacity(3);
+        for (i, s) in streams.iter().enumerate() {
+            if let Some(fd) = &s.fd {
+                fds.push(rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN));
+                which.push(Some(i));
+            }
+        }
+        if exited.is_none()
+            && let Some(fd) = &pidfd
+        {
+            fds.push(rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN));
+            which.push(None);
+        }
+        if fds.is_empty() {
+            break;
+        }
+        // Once the init has exited, its pid namespace is gone, so the pipes close at once;
+        // a short timeout still bounds the drain if a process outside it holds one.
+        let timeout = exited.map(|_| rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000_000,
+        });
+        let n = match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => break,
+        };
+        if n == 0 {
+            break;
+        }
+        let ready: Vec<(Option<usize>, bool)> = fds
+            .iter()
+            .zip(&which)
+            .map(|(fd, w)| (*w, !fd.revents().is_empty()))
+            .collect();
+        drop(fds);
+        for (w, is_ready) in ready {
+            if !is_ready {
+                continue;
+            }
+            match w {
+                Some(i) => streams[i].read(log.as_mut()),
+                None => exited = waitpid(started.pid, None).ok(),
+            }
+        }
+        if pidfd.is_none() && exited.is_none() {
+            exited = waitpid(started.pid, None).ok();
+        }
+    }
+    for s in &mut streams {
+        s.flush(log.as_mut());
+    }
+    let status = match exited {
+        Some(s) => s,
+        None => waitpid(started.pid, None).unwrap_or(WaitStatus::StillAlive),
+    };
+    let (exit_code, signal) = match status {
+        WaitStatus::Exited(_, code) => (code, None),
+        WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
+        _ => (255, None),
+    };
+    let exit = ExitState {
+        exit_code,
+        signal,
+        oom_killed: oom_kills(&args.cgroup) > 0,
+        started_at: started.started_at,
+        finished_at: jiff::Timestamp::now(),
+    };
+    if let Err(e) = started.container.delete(true) {
+        eprintln!("deleting container {}: {e}", args.id);
+    }
+    if let Err(e) = write_json(&args.dir.join("exit.json"), &exit) {
+        eprintln!("writing exit.json: {e}");
+        return 1;
+    }
+    0
+}
+
+/// One of the container's output streams, cut into CRI log lines
+/// (`<RFC 3339 nano> <stream> <F|P> <text>`, as the kubelet's logs are).
+struct LogStream {
+    name: &'static str,
+    fd: Option<File>,
+    pending: Vec<u8>,
+}
+
+/// Longer lines are written as partial ("P") records, as the kubelet's are.
+const MAX_LINE: usize = 16 * 1024;
+
+impl LogStream {
+    fn new(name: &'static str, fd: OwnedFd) -> Self {
+        LogStream {
+            name,
+            fd: Some(File::from(fd)),
+            pending: Vec::new(),
+        }
+    }
+
+    fn read(&mut self, log: Option<&mut File>) {
+        let Some(fd) = &mut self.fd else { return };
+        let mut buf = [0u8; 16 * 1024];
+        let n = match fd.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            self.fd = None;
+            self.flush(log);
+            return;
+        }
+        self.pending.extend_from_slice(&buf[..n]);
+        let mut out = Vec::new();
+        while let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=pos).collect();
+            self.record(&mut out, &line[..line.len() - 1], 'F');
+        }
+        while self.pending.len() >= MAX_LINE {
+            let part: Vec<u8> = self.pending.drain(..MAX_LINE).collect();
+            self.record(&mut out, &part, 'P');
+        }
+        if let Some(log) = log {
+            let _ = log.write_all(&out);
+        }
+    }
+
+    /// Writes what is left without a newline as a final record.
+    fn flush(&mut self, log: Option<&mut File>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let rest = std::mem::take(&mut self.pending);
+        let mut out = Vec::new();
+        self.record(&mut out, &rest, 'F');
+        if let Some(log) = log {
+            let _ = log.write_all(&out);
+        }
+    }
+
+    fn record(&self, out: &mut Vec<u8>, text: &[u8], tag: char) {
+        let _ = write!(out, "{:.9} {} {tag} ", jiff::Timestamp::now(), self.name);
+        out.extend_from_slice(text);
+        out.push(b'\n');
+    }
+}
+
+/// How many times the OOM killer fired in the container's memory cgroup (v1
+/// `memory.oom_control`, v2 `memory.events`); 0 when it can't be read.
+pub fn oom_kills(cgroup: &str) -> u64 {
+    let rel = cgroup.trim_start_matches('/');
+    let candidates = [
+        Path::new("/sys/fs/cgroup/memory")
+            .join(rel)
+            .join("memory.oom_control"),
+        Path::new("/sys/fs/cgroup").join(rel).join("memory.events"),
+    ];
+    candidates
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The arguments of `skiff shim exec`: runs a process in a running container (its
+/// namespaces, cgroup, user and environment), with this process's stdin, stdout and
+/// stderr, and records its exit.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecArgs {
+    /// The container's ID.
+    #[arg(long)]
+    pub id: String,
+    /// libcontainer's state root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Where the outcome is written: `{"exitCode":N}` or `{"error":"..."}`.
+    #[arg(long)]
+    pub result: PathBuf,
+    /// Stdin is a terminal: make it the session's controlling terminal.
+    #[arg(long)]
+    pub tty: bool,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// What `skiff shim exec` writes to its result file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecResult {
+    /// The exit code (128 + signal if one killed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why the process could not be started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `skiff shim exec`: exits the process.
+pub fn exec(args: ExecArgs) -> ! {
+    let result = run_exec(&args);
+    let code = i32::from(result.error.is_some());
+    if let Err(e) = write_json(&args.result, &result) {
+        eprintln!("writing {}: {e}", args.result.display());
+    }
+    std::process::exit(code)
+}
+
+fn run_exec(args: &ExecArgs) -> ExecResult {
+    let failed = |error: String| ExecResult {
+        exit_code: None,
+        error: Some(error),
+    };
+    if args.tty {
+        // A session of our own whose controlling terminal is the pty: the process (our
+        // descendant) gets job control and ^C.
+        let _ = nix::unistd::setsid();
+        let _ = rustix::process::ioctl_tiocsctty(std::io::stdin());
+    }
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned();
+    use std::os::fd::AsFd as _;
+    let (stdin, stdout, stderr) = match (
+        dup(std::io::stdin().as_fd()),
+        dup(std::io::stdout().as_fd()),
+        dup(std::io::stderr().as_fd()),
+    ) {
+        (Ok(i), Ok(o), Ok(e)) => (i, o, e),
+        _ => return failed("duplicating stdio".into()),
+    };
+    let builder = match ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
+        .with_root_path(&args.root)
+    {
+        Ok(b) => b,
+        Err(e) => return failed(e.to_string()),
+    };
+    let pid = builder
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .as_tenant()
+        .with_container_args(args.command.clone())
+        .with_detach(false)
+        .build();
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(e) => return failed(e.to_string()),
+    };
+    let code = loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => break code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return failed(format!("waiting for the process: {e}")),
+        }
+    };
+    ExecResult {
+        exit_code: Some(code),
+        error: None,
+    }
+}

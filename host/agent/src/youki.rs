@@ -1,0 +1,418 @@
+//! The real runtime: youki's libcontainer, driven through one `skiff shim run` process per
+//! container (see `shim.rs` for why not in-process).
+
+use std::collections::HashMap;
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, warn};
+
+use crate::runtime::{
+    ContainerConfig, ContainerRuntime, ContainerState, ExecSession, Exit, Listed, RuntimeError,
+    Started,
+};
+use crate::shim::{ExitState, Ready, RunningState};
+
+/// Where the runtime keeps its containers, and the binary that has the `shim` subcommand.
+#[derive(Debug, Clone)]
+pub struct YoukiConfig {
+    /// One directory per container: the bundle (`config.json`), `state.json`, `exit.json`.
+    pub dir: PathBuf,
+    /// libcontainer's state root.
+    pub root: PathBuf,
+    /// The `skiff` binary (by default this process's own executable).
+    pub shim: PathBuf,
+}
+
+/// Runs containers with libcontainer through per-container shims.
+pub struct YoukiRuntime {
+    config: YoukiConfig,
+    /// Shims this process spawned: reaped when they exit. Shims adopted after a restart
+    /// are children of another process.
+    children: Arc<Mutex<HashMap<String, Child>>>,
+}
+
+impl YoukiRuntime {
+    /// A runtime keeping its state in `config`'s directories.
+    pub fn new(config: YoukiConfig) -> Result<Self, RuntimeError> {
+        for dir in [&config.dir, &config.root] {
+            std::fs::create_dir_all(dir)
+                .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
+        }
+        Ok(YoukiRuntime {
+            config,
+            children: Arc::default(),
+        })
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.config.dir.join(id)
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Whether `pid` is still the shim of container `id` (a PID can be reused after a reboot).
+fn shim_alive(pid: i32, id: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == id.as_bytes()))
+}
+
+fn state_of(dir: &Path, id: &str) -> ContainerState {
+    if let Some(exit) = read_json::<ExitState>(&dir.join("exit.json")) {
+        return ContainerState::Exited(exit);
+    }
+    match read_json::<RunningState>(&dir.join("state.json")) {
+        Some(s) if shim_alive(s.shim_pid, id) => ContainerState::Running(Started {
+            pid: s.pid,
+            started_at: s.started_at,
+        }),
+        _ => ContainerState::Unknown,
+    }
+}
+
+/// The exit recorded for a container whose shim vanished without recording one.
+fn lost(started_at: Option<jiff::Timestamp>) -> Exit {
+    let now = jiff::Timestamp::now();
+    Exit {
+        exit_code: 137,
+        signal: None,
+        oom_killed: false,
+        started_at: started_at.unwrap_or(now),
+        finished_at: now,
+    }
+}
+
+impl ContainerRuntime for YoukiRuntime {
+    fn start(&self, config: ContainerConfig) -> BoxFuture<'_, Result<Started, RuntimeError>> {
+        Box::pin(async move {
+            let dir = self.container_dir(&config.id);
+            std::fs::create_dir_all(&dir)
+                .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
+            let spec = serde_json::to_vec(&config.spec)
+                .map_err(|e| RuntimeError::Start(format!("encoding the spec: {e}")))?;
+            std::fs::write(dir.join("config.json"), spec)
+                .map_err(RuntimeError::io("writing config.json"))?;
+            let cgroup = config
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().clone())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let shim_log = std::fs::File::create(dir.join("shim.log"))
+                .map_err(RuntimeError::io("creating shim.log"))?;
+            let mut child = Command::new(&self.config.shim)
+                .arg("shim")
+                .arg("run")
+                .arg("--id")
+                .arg(&config.id)
+                .arg("--bundle")
+                .arg(&dir)
+                .arg("--root")
+                .arg(&self.config.root)
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--log")
+                .arg(&config.log_path)
+                .arg("--cgroup")
+                .arg(&cgroup)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(shim_log)
+                .spawn()
+                .map_err(RuntimeError::io(format!(
+                    "starting the shim {}",
+                    self.config.shim.display()
+                )))?;
+            let stdout = child.stdout.take().expect("piped");
+            let line = tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                std::io::BufReader::new(stdout)
+                    .read_line(&mut line)
+                    .map(|_| line)
+            })
+            .await
+            .map_err(|e| RuntimeError::Start(format!("waiting for the shim: {e}")))?
+            .map_err(RuntimeError::io("reading the shim's answer"))?;
+            let ready: Ready = serde_json::from_str(line.trim()).unwrap_or(Ready {
+                pid: None,
+                error: Some(format!(
+                    "the shim exited without an answer: {}",
+                    std::fs::read_to_string(dir.join("shim.log"))
+                        .unwrap_or_default()
+                        .trim()
+                )),
+            });
+            match (ready.pid, ready.error) {
+                (Some(pid), None) => {
+                    let started_at = read_json::<RunningState>(&dir.join("state.json"))
+                        .map(|s| s.started_at)
+                        .unwrap_or_else(jiff::Timestamp::now);
+                    self.children
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(config.id.clone(), child);
+                    debug!(id = %config.id, pid, "container started");
+                    Ok(Started { pid, started_at })
+                }
+                (_, error) => {
+                    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+                    Err(RuntimeError::Start(error.unwrap_or_default()))
+                }
+            }
+        })
+    }
+
+    fn wait(&self, id: &str) -> BoxFuture<'static, Result<Exit, RuntimeError>> {
+        let dir = self.container_dir(id);
+        let id = id.to_owned();
+        let children = self.children.clone();
+        Box::pin(async move {
+            let state: Option<RunningState> = read_json(&dir.join("state.json"));
+            if let Some(exit) = read_json::<ExitState>(&dir.join("exit.json")) {
+                reap(&children, &id).await;
+                return Ok(exit);
+            }
+            let Some(state) = state else {
+                return Err(RuntimeError::NotFound(id));
+            };
+            let pid = rustix::process::Pid::from_raw(state.shim_pid)
+                .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+            match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
+                Ok(fd) if shim_alive(state.shim_pid, &id) => {
+                    // The AsyncFd owns the pidfd for as long as it is registered, which is
+                    // the I/O safety `register` asks for.
+                    #[allow(
+                        deprecated,
+                        reason = "AsyncFd::register is unsafe; new is sound for an owned fd"
+                    )]
+                    let fd = AsyncFd::new(fd).map_err(RuntimeError::io("watching the shim"))?;
+                    // Readable once the shim has exited.
+                    let _ = fd.readable().await;
+                }
+                _ => {}
+            }
+            reap(&children, &id).await;
+            Ok(
+                read_json::<ExitState>(&dir.join("exit.json")).unwrap_or_else(|| {
+                    warn!(%id, "the shim exited without recording the container's exit");
+                    lost(Some(state.started_at))
+                }),
+            )
+        })
+    }
+
+    fn signal(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
+        let dir = self.container_dir(id);
+        let state: RunningState = read_json(&dir.join("state.json"))
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        if read_json::<ExitState>(&dir.join("exit.json")).is_some() {
+            return Ok(());
+        }
+        let signal = nix::sys::signal::Signal::try_from(signal)
+            .map_err(|e| RuntimeError::Start(format!("signal {signal}: {e}")))?;
+        let mut pids = vec![state.pid];
+        if all {
+            // The init's death kills its PID namespace anyway; the cgroup also holds
+            // processes that joined through exec.
+            if let Some(cgroup) = read_json::<serde_json::Value>(&dir.join("config.json"))
+                .and_then(|c| c.pointer("/linux/cgroupsPath")?.as_str().map(str::to_owned))
+            {
+                pids.extend(cgroup_pids(&cgroup));
+            }
+        }
+        for pid in pids {
+            match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => return Err(RuntimeError::Start(format!("kill {pid}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let dir = self.container_dir(id);
+        // A shim that was killed leaves libcontainer's state (and cgroups) behind.
+        let state_dir = self.config.root.join(id);
+        if state_dir.exists() {
+            match libcontainer::container::Container::load(state_dir.clone()) {
+                Ok(mut c) => {
+                    if let Err(e) = c.delete(true) {
+                        warn!(%id, error = %e, "deleting a container left by a lost shim");
+                    }
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_dir_all(&state_dir);
+                }
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RuntimeError::io(format!("removing {}", dir.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn exec(&self, id: &str, command: Vec<String>, tty: bool) -> Result<ExecSession, RuntimeError> {
+        let dir = self.container_dir(id);
+        if read_json::<ExitState>(&dir.join("exit.json")).is_some()
+            || !dir.join("state.json").exists()
+        {
+            return Err(RuntimeError::NotFound(id.to_owned()));
+        }
+        let result = dir.join(format!("exec-{:016x}.json", rand::random::<u64>()));
+        let mut cmd = tokio::process::Command::new(&self.config.shim);
+        cmd.arg("shim")
+            .arg("exec")
+            .arg("--id")
+            .arg(id)
+            .arg("--root")
+            .arg(&self.config.root)
+            .arg("--result")
+            .arg(&result);
+        if tty {
+            cmd.arg("--tty");
+        }
+        cmd.arg("--").args(&command).kill_on_drop(false);
+        let mut session = if tty {
+            let pty = nix::pty::openpty(None, None)
+                .map_err(|e| RuntimeError::Start(format!("opening a pty: {e}")))?;
+            let slave = std::fs::File::from(pty.slave);
+            let io = |f: &std::fs::File| {
+                f.try_clone()
+                    .map(Stdio::from)
+                    .map_err(RuntimeError::io("duplicating the pty"))
+            };
+            cmd.stdin(io(&slave)?)
+                .stdout(io(&slave)?)
+                .stderr(io(&slave)?);
+            let master = std::fs::File::from(pty.master);
+            let reader = master
+                .try_clone()
+                .map_err(RuntimeError::io("duplicating the pty"))?;
+            let resizer = master
+                .try_clone()
+                .map_err(RuntimeError::io("duplicating the pty"))?;
+            ExecSession {
+                stdin: Some(Box::new(tokio::fs::File::from_std(master))),
+                stdout: Some(Box::new(tokio::fs::File::from_std(reader))),
+                stderr: None,
+                resize: Some(Box::new(move |cols, rows| {
+                    let size = rustix::termios::Winsize {
+                        ws_row: rows,
+                        ws_col: cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    let _ = rustix::termios::tcsetwinsize(&resizer, size);
+                })),
+                exit: Box::pin(async { Ok(0) }),
+            }
+        } else {
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            ExecSession {
+                stdin: None,
+                stdout: None,
+                stderr: None,
+                resize: None,
+                exit: Box::pin(async { Ok(0) }),
+            }
+        };
+        let mut child = cmd.spawn().map_err(RuntimeError::io(format!(
+            "starting the shim {}",
+            self.config.shim.display()
+        )))?;
+        // The pty's slave end belongs to the shim now; ours closes with `cmd`.
+        drop(cmd);
+        if !tty {
+            session.stdin = child.stdin.take().map(|s| Box::new(s) as _);
+            session.stdout = child.stdout.take().map(|s| Box::new(s) as _);
+            session.stderr = child.stderr.take().map(|s| Box::new(s) as _);
+        }
+        session.exit = Box::pin(async move {
+            let _ = child.wait().await;
+            let outcome: Option<crate::shim::ExecResult> = read_json(&result);
+            let _ = std::fs::remove_file(&result);
+            match outcome {
+                Some(crate::shim::ExecResult {
+                    exit_code: Some(code),
+                    ..
+                }) => Ok(code),
+                Some(crate::shim::ExecResult { error: Some(e), .. }) => Err(RuntimeError::Start(e)),
+                _ => Err(RuntimeError::Start(
+                    "the exec shim exited without a result".into(),
+                )),
+            }
+        });
+        Ok(session)
+    }
+
+    fn list(&self) -> Result<Vec<Listed>, RuntimeError> {
+        let entries = std::fs::read_dir(&self.config.dir).map_err(RuntimeError::io(format!(
+            "reading {}",
+            self.config.dir.display()
+        )))?;
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let annotations = read_json::<serde_json::Value>(&entry.path().join("config.json"))
+                .and_then(|c| serde_json::from_value(c.get("annotations")?.clone()).ok())
+                .unwrap_or_default();
+            out.push(Listed {
+                state: state_of(&entry.path(), &id),
+                id,
+                annotations,
+            });
+        }
+        Ok(out)
+    }
+}
+
+async fn reap(children: &Mutex<HashMap<String, Child>>, id: &str) {
+    let child = children
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(id);
+    if let Some(mut child) = child {
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    }
+}
+
+/// Removes a cgroup directory (a pod's, once its containers are gone) from every
+/// hierarchy that has it; busy or missing ones are left.
+pub fn remove_cgroup(path: &str) {
+    let rel = path.trim_start_matches('/');
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            let _ = std::fs::remove_dir(h.path().join(rel));
+        }
+    }
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(rel));
+}
+
+/// The processes in a container's cgroup (any hierarchy that has it).
+fn cgroup_pids(cgroup: &str) -> Vec<i32> {
+    let rel = cgroup.trim_start_matches('/');
+    ["pids", "memory", "cpu", ""]
+        .iter()
+        .map(|h| {
+            Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(rel)
+                .join("cgroup.procs")
+        })
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}

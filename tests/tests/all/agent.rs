@@ -1,0 +1,421 @@
+//! The node agent end to end, as root with real containers: a busybox image built by the
+//! test and pushed to a real registry on loopback, pods applied with kubectl and run by
+//! youki's libcontainer, their output read back with `kubectl logs`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skiff_tests::{Kubectl, TestCluster, TestRegistry, eventually, push_busybox_image};
+
+/// A registry with the busybox image, and a cluster whose agent pulls from it.
+struct Setup {
+    cluster: TestCluster,
+    image: String,
+    registry: TestRegistry,
+}
+
+fn setup() -> Setup {
+    let registry = TestRegistry::start().unwrap();
+    let image = push_busybox_image(&registry, "v1").unwrap();
+    let cluster =
+        TestCluster::start_with_agent(&["--image-insecure-registry", &registry.host]).unwrap();
+    Setup {
+        cluster,
+        image,
+        registry,
+    }
+}
+
+fn pod_json(kubectl: &Kubectl, name: &str) -> Value {
+    serde_json::from_str(&kubectl.ok(&["get", "pod", name, "-o", "json"])).unwrap()
+}
+
+/// Waits until `check` holds for the pod, and returns the pod.
+fn wait_pod(kubectl: &Kubectl, name: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let found = eventually(Duration::from_secs(secs), || {
+        let run = kubectl.run(&["get", "pod", name, "-o", "json"]);
+        if run.code != 0 {
+            return None;
+        }
+        last = serde_json::from_str(&run.stdout).ok()?;
+        check(&last).then(|| last.clone())
+    });
+    found.unwrap_or_else(|| panic!("pod {name} never got there; last seen:\n{last:#}"))
+}
+
+fn phase(pod: &Value) -> &str {
+    pod.pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn pod(name: &str, image: &str, policy: &str, command: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", {command:?}]\n{extra}"
+    )
+}
+
+#[test]
+fn a_pod_runs_to_completion_and_its_output_is_in_kubectl_logs() {
+    let s = setup();
+    let kubectl = s.cluster.kubectl();
+    // The agent registered the machine as a Ready node with its capacity and a Lease.
+    let node: Value = serde_json::from_str(&kubectl.ok(&["get", "nodes", "-o", "json"])).unwrap();
+    let node = &node["items"][0];
+    let name = node["metadata"]["name"].as_str().unwrap().to_owned();
+    assert_eq!(node["metadata"]["labels"]["kubernetes.io/os"], "linux");
+    assert_eq!(
+        node["metadata"]["labels"]["kubernetes.io/hostname"],
+        name.as_str()
+    );
+    assert_eq!(node["status"]["capacity"]["pods"], "110");
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "True", "{node:#}");
+    kubectl.ok(&["get", "lease", "-n", "kube-node-lease", &name]);
+
+    kubectl.apply(
+        &pod(
+            "hello",
+            &s.image,
+            "Never",
+            "echo hello from $(hostname); echo second line; cat /sys/class/net/lo/flags",
+            "    env: [{name: GREETING, value: hi}]\n",
+        ),
+        &[],
+    );
+    let done = wait_pod(&kubectl, "hello", 60, |p| phase(p) == "Succeeded");
+    let status = &done["status"]["containerStatuses"][0];
+    assert_eq!(status["state"]["terminated"]["exitCode"], 0, "{done:#}");
+    assert_eq!(status["state"]["terminated"]["reason"], "Completed");
+    assert!(
+        status["imageID"].as_str().unwrap().contains("@sha256:"),
+        "{status}"
+    );
+    assert_eq!(done["status"]["qosClass"], "BestEffort");
+    let logs = kubectl.ok(&["logs", "hello"]);
+    // Hostname = pod name; the pod's own network namespace has lo up (IFF_UP|IFF_LOOPBACK).
+    assert_eq!(logs, "hello from hello\nsecond line\n0x9\n");
+    assert_eq!(kubectl.ok(&["logs", "hello", "--tail", "1"]), "0x9\n");
+    let stamped = kubectl.ok(&["logs", "hello", "--timestamps", "--tail", "2"]);
+    let lines: Vec<&str> = stamped.lines().collect();
+    assert_eq!(lines.len(), 2, "{stamped}");
+    assert!(
+        lines[0].ends_with(" second line") && lines[0].contains('T'),
+        "{stamped}"
+    );
+    // The pod's events, in kubelet's reasons.
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=hello",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    for reason in ["Scheduled", "Pulling", "Pulled", "Created", "Started"] {
+        assert!(events.contains(reason), "{reason} missing from {events}");
+    }
+    // An init container runs first, in order, and the app container sees its env.
+    kubectl.apply(
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: init}}\nspec:\n  restartPolicy: Never\n  initContainers:\n  - {{name: first, image: {img}, command: [sh, -c, 'echo first']}}\n  containers:\n  - name: main\n    image: {img}\n    command: [sh, -c, 'echo $NAME $NODE $(id -u)']\n    securityContext: {{runAsUser: 65534}}\n    env:\n    - {{name: NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}\n    - {{name: NODE, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}\n",
+            img = s.image
+        ),
+        &[],
+    );
+    let done = wait_pod(&kubectl, "init", 60, |p| phase(p) == "Succeeded");
+    assert_eq!(
+        done["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+    assert_eq!(kubectl.ok(&["logs", "init", "-c", "first"]), "first\n");
+    assert_eq!(
+        kubectl.ok(&["logs", "init"]),
+        format!("init {name} 65534\n")
+    );
+}
+
+#[test]
+fn a_failing_container_backs_off_and_its_previous_run_has_logs() {
+    let s = setup();
+    let kubectl = s.cluster.kubectl();
+    kubectl.apply(
+        &pod(
+            "crash",
+            &s.image,
+            "Always",
+            "echo run $(date +%s%N); exit 3",
+            "",
+        ),
+        &[],
+    );
+    let crashing = wait_pod(&kubectl, "crash", 60, |p| {
+        let c = &p["status"]["containerStatuses"][0];
+        c["restartCount"].as_i64().unwrap_or(0) >= 2
+            && c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let c = &crashing["status"]["containerStatuses"][0];
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 3, "{c}");
+    assert_eq!(c["lastState"]["terminated"]["reason"], "Error");
+    assert!(
+        c["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("back-off "),
+        "{c}"
+    );
+    assert_eq!(phase(&crashing), "Running");
+    let now = kubectl.ok(&["logs", "crash"]);
+    let previous = kubectl.ok(&["logs", "crash", "--previous"]);
+    assert!(
+        now.starts_with("run ") && previous.starts_with("run "),
+        "{now} / {previous}"
+    );
+    assert_ne!(now, previous);
+    let table = kubectl.ok(&["get", "pod", "crash"]);
+    assert!(table.contains("CrashLoopBackOff"), "{table}");
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crash",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(events.contains("BackOff"), "{events}");
+}
+
+#[test]
+fn a_memory_limit_gives_oom_killed() {
+    let s = setup();
+    let kubectl = s.cluster.kubectl();
+    kubectl.apply(
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: oom}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {}\n    command: [dd, if=/dev/zero, of=/dev/shm/fill, bs=1M, count=64]\n    resources: {{limits: {{memory: 16Mi}}}}\n",
+            s.image
+        ),
+        &[],
+    );
+    let done = wait_pod(&kubectl, "oom", 60, |p| phase(p) == "Failed");
+    let t = &done["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{done:#}");
+    assert_eq!(t["exitCode"], 137);
+    // A memory limit alone (its request defaults to it) is Burstable: cpu has none.
+    assert_eq!(done["status"]["qosClass"], "Burstable");
+}
+
+#[test]
+fn graceful_delete_signals_the_container_and_finishes_the_delete() {
+    let s = setup();
+    let kubectl = s.cluster.kubectl();
+    kubectl.apply(
+        &pod(
+            "graceful",
+            &s.image,
+            "Always",
+            "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
+            "",
+        ),
+        &[],
+    );
+    wait_pod(&kubectl, "graceful", 60, |p| {
+        phase(p) == "Running" && kubectl.run(&["logs", "graceful"]).stdout.contains("ready")
+    });
+    let ready = pod_json(&kubectl, "graceful");
+    let ready_cond = ready["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap();
+    assert_eq!(ready_cond["status"], "True", "{ready:#}");
+    let started = Instant::now();
+    // kubectl waits for the object to be gone: the agent stopped the container and
+    // finished the deletion, well within the 5 s grace period (the trap exits at once).
+    kubectl.ok(&["delete", "pod", "graceful", "--timeout=30s"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_ne!(kubectl.run(&["get", "pod", "graceful"]).code, 0);
+    // A container that ignores SIGTERM is killed once the grace period is over.
+    kubectl.apply(
+        &pod(
+            "stubborn",
+            &s.image,
+            "Always",
+            "trap '' TERM; while true; do sleep 0.1; done",
+            "",
+        ),
+        &[],
+    );
+    wait_pod(&kubectl, "stubborn", 60, |p| phase(p) == "Running");
+    let started = Instant::now();
+    kubectl.ok(&[
+        "delete",
+        "pod",
+        "stubborn",
+        "--grace-period=2",
+        "--timeout=30s",
+    ]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_missing_image_backs_off_pulling() {
+    let s = setup();
+    let kubectl = s.cluster.kubectl();
+    let missing = s.image.replace("busybox:v1", "missing:v1");
+    kubectl.apply(&pod("nopull", &missing, "Always", "true", ""), &[]);
+    let waiting = wait_pod(&kubectl, "nopull", 60, |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    });
+    assert_eq!(phase(&waiting), "Pending");
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=nopull",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains(&format!("Failed to pull image \"{missing}\"")),
+        "{events}"
+    );
+    assert!(events.contains("Back-off pulling image"), "{events}");
+}
+
+#[test]
+fn a_restarted_agent_re_adopts_its_containers_and_cleans_up_deleted_pods() {
+    let mut s = setup();
+    let kubectl = s.cluster.kubectl();
+    kubectl.apply(
+        &pod(
+            "long",
+            &s.image,
+            "Always",
+            "echo started; exec sleep 1000",
+            "",
+        ),
+        &[],
+    );
+    kubectl.apply(
+        &pod("doomed", &s.image, "Always", "exec sleep 1000", ""),
+        &[],
+    );
+    let before = wait_pod(&kubectl, "long", 60, |p| phase(p) == "Running");
+    wait_pod(&kubectl, "doomed", 60, |p| phase(p) == "Running");
+    let id = before["status"]["containerStatuses"][0]["containerID"].clone();
+    // The server (and its agent) dies; the containers don't.
+    s.cluster.kill9().unwrap();
+    // Back without its agent, "doomed" is removed from the API for good.
+    let insecure = ["--image-insecure-registry", s.registry.host.as_str()];
+    s.cluster
+        .start_again_with(&[&insecure[..], &["--disable-agent"]].concat())
+        .unwrap();
+    let kubectl = s.cluster.kubectl();
+    // (kubectl warns that a forced delete doesn't wait for the node.)
+    let forced = kubectl.run(&["delete", "pod", "doomed", "--grace-period=0", "--force"]);
+    assert_eq!(forced.code, 0, "{forced:?}");
+    s.cluster.kill9().unwrap();
+    s.cluster.start_again_with(&insecure).unwrap();
+    let kubectl = s.cluster.kubectl();
+    // The same container, not restarted, and its log is still there.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = wait_pod(&kubectl, "long", 30, |p| phase(p) == "Running");
+    let c = &after["status"]["containerStatuses"][0];
+    assert_eq!(c["containerID"], id, "{c}");
+    assert_eq!(c["restartCount"], 0);
+    assert_eq!(kubectl.ok(&["logs", "long"]), "started\n");
+    // The deleted pod's container is gone: one shim is left, for "long".
+    let containers = s.cluster.dir.path().join("agent/containers");
+    let left = eventually(Duration::from_secs(20), || {
+        let n = std::fs::read_dir(&containers).unwrap().count();
+        (n == 1).then_some(n)
+    });
+    assert_eq!(
+        left,
+        Some(1),
+        "containers left: {:?}",
+        std::fs::read_dir(&containers).unwrap().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn kubectl_exec_runs_commands_in_the_container_and_returns_their_exit_codes() {
+    let s = setup();
+    let kubectl = s.cluster.kubectl();
+    kubectl.apply(
+        &pod(
+            "shell",
+            &s.image,
+            "Always",
+            "echo up; exec sleep 1000",
+            "    env: [{name: WHO, value: skiff}]\n",
+        ),
+        &[],
+    );
+    wait_pod(&kubectl, "shell", 60, |p| phase(p) == "Running");
+    // The container's environment and namespaces: its hostname is the pod's name.
+    assert_eq!(
+        kubectl.ok(&["exec", "shell", "--", "sh", "-c", "echo $WHO $(hostname)"]),
+        "skiff shell\n"
+    );
+    let failed = kubectl.run(&[
+        "exec",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(failed.code, 3, "{failed:?}");
+    assert_eq!(failed.stdout, "out\n");
+    assert!(
+        failed.stderr.contains("err\n")
+            && failed
+                .stderr
+                .contains("command terminated with exit code 3"),
+        "{failed:?}"
+    );
+    // stdin reaches the process, and its end is an EOF.
+    let run = kubectl.run_stdin(
+        &["exec", "-i", "shell", "--", "sh", "-c", "wc -l"],
+        "a\nb\nc\n",
+    );
+    assert_eq!((run.code, run.stdout.trim()), (0, "3"), "{run:?}");
+    let missing = kubectl.run(&["exec", "shell", "--", "no-such-command"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("no-such-command"), "{missing:?}");
+    // With a terminal (kubectl needs one of its own: `script` gives it a pty).
+    let tty = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "kubectl --kubeconfig {} exec -it shell -- sh -c 'test -t 0 && echo on-a-tty'",
+                s.cluster.kubeconfig().display()
+            ),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        out.contains("on-a-tty"),
+        "{out} {}",
+        String::from_utf8_lossy(&tty.stderr)
+    );
+}
