@@ -10,10 +10,13 @@ pub mod image;
 pub mod logs;
 pub mod node;
 mod pod;
+pub mod portforward;
+pub mod probe;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod shim;
+pub mod spdy;
 pub mod spec;
 pub mod status;
 pub mod streams;
@@ -82,7 +85,7 @@ pub enum AgentError {
 pub(crate) struct Shared<R: ContainerRuntime> {
     pub(crate) client: kube::Client,
     pub(crate) config: AgentConfig,
-    pub(crate) runtime: R,
+    pub(crate) runtime: Arc<R>,
     pub(crate) images: image::ImageStore,
     pub(crate) recorder: events::Recorder,
     /// What the log endpoint needs of each container: (namespace, pod, container).
@@ -102,6 +105,8 @@ pub(crate) struct CtrView {
     /// A run before that one exists (`--previous`).
     pub(crate) started_before: bool,
     pub(crate) waiting: Option<String>,
+    /// The pod's network namespace (none: the host's).
+    pub(crate) netns: Option<PathBuf>,
 }
 
 impl<R: ContainerRuntime> Shared<R> {
@@ -110,6 +115,15 @@ impl<R: ContainerRuntime> Shared<R> {
         views
             .get(&(namespace.to_owned(), pod.to_owned(), container.to_owned()))
             .cloned()
+    }
+
+    /// The network namespace of a pod on this node, if it is here (`Some(None)`: the host's).
+    pub(crate) fn pod_netns(&self, namespace: &str, pod: &str) -> Option<Option<PathBuf>> {
+        let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        views
+            .iter()
+            .find(|((ns, p, _), v)| ns == namespace && p == pod && v.running)
+            .map(|(_, v)| v.netns.clone())
     }
 
     /// Replaces what is known of a pod's containers (none: the pod is gone).
@@ -236,7 +250,7 @@ pub async fn run<R: ContainerRuntime>(
         recorder: events::Recorder::new(client.clone(), config.node_name.clone()),
         client: client.clone(),
         config: config.clone(),
-        runtime,
+        runtime: Arc::new(runtime),
         images,
         views: Default::default(),
     });

@@ -54,6 +54,12 @@ struct Ctr {
     image: Option<Image>,
     /// A start error: terminated with StartError without a process.
     start_error: Option<String>,
+    /// The readiness probe passes (or there is none) — for the running container.
+    ready: bool,
+    /// The startup probe passed (or there is none).
+    started: bool,
+    /// The running container's prober.
+    prober: Option<tokio::task::AbortHandle>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,7 +86,19 @@ impl Ctr {
             retry_at: None,
             image: None,
             start_error: None,
+            ready: false,
+            started: false,
+            prober: None,
         }
+    }
+
+    /// The container stopped running: its probes stop and it is neither ready nor started.
+    fn stopped(&mut self) {
+        if let Some(p) = self.prober.take() {
+            p.abort();
+        }
+        self.ready = false;
+        self.started = false;
     }
 
     /// Schedules the next attempt after a failure at `now`.
@@ -125,6 +143,7 @@ impl Ctr {
 
 enum Msg {
     Exited(String, Exit),
+    Probe(String, crate::probe::Outcome),
 }
 
 /// The pod worker.
@@ -213,18 +232,19 @@ impl<R: ContainerRuntime> Worker<R> {
                         return;
                     }
                 }
-                Some(msg) = self.rx.recv() => self.handle(msg),
+                Some(msg) = self.rx.recv() => self.handle(msg).await,
                 _ = sleep_until(retry) => {}
             }
             // Take every exit that arrived meanwhile before syncing.
             while let Ok(msg) = self.rx.try_recv() {
-                self.handle(msg);
+                self.handle(msg).await;
             }
         }
     }
 
-    fn handle(&mut self, msg: Msg) {
+    async fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::Probe(id, outcome) => self.probed(&id, outcome).await,
             Msg::Exited(id, exit) => {
                 if let Some(c) = self.ctrs.iter_mut().find(|c| c.id.as_deref() == Some(&id)) {
                     debug!(container = %c.spec.name, code = exit.exit_code, "container exited");
@@ -237,6 +257,7 @@ impl<R: ContainerRuntime> Worker<R> {
                     c.back_off(Instant::now());
                     c.running = None;
                     c.exited = Some(exit);
+                    c.stopped();
                 }
             }
         }
@@ -247,6 +268,7 @@ impl<R: ContainerRuntime> Worker<R> {
         let Ok(listed) = self.shared.runtime.list() else {
             return;
         };
+        let mut adopted = Vec::new();
         let mut mine: Vec<_> = listed
             .into_iter()
             .filter(|l| l.annotations.get(UID) == Some(&self.uid))
@@ -284,6 +306,7 @@ impl<R: ContainerRuntime> Worker<R> {
                     c.running = Some(started);
                     c.exited = None;
                     watch_exit(&self.shared, &self.tx, &l.id);
+                    adopted.push(l.id.clone());
                 }
                 ContainerState::Exited(exit) => c.exited = Some(exit),
                 ContainerState::Unknown => c.exited = Some(lost_exit()),
@@ -292,6 +315,11 @@ impl<R: ContainerRuntime> Worker<R> {
         }
         if self.ctrs.iter().any(|c| c.id.is_some()) {
             self.sandbox = self.make_sandbox().ok();
+        }
+        for id in adopted {
+            if let Some(i) = self.ctrs.iter().position(|c| c.id.as_deref() == Some(&id)) {
+                self.start_probes(i);
+            }
         }
     }
 
@@ -498,12 +526,34 @@ impl<R: ContainerRuntime> Worker<R> {
                 )
                 .await;
                 self.event(
-                    Some(field),
+                    Some(field.clone()),
                     Kind::Normal,
                     "Started",
                     format!("Started container {name}"),
                 )
                 .await;
+                // postStart runs before the next container starts, as in the kubelet;
+                // failing it kills the container.
+                let post_start = self.ctrs[i]
+                    .spec
+                    .lifecycle
+                    .as_ref()
+                    .and_then(|l| l.post_start.as_ref())
+                    .and_then(hook_handler);
+                if let Some(hook) = post_start
+                    && let Err(message) = self.run_hook(i, &hook).await
+                {
+                    self.event(
+                        Some(field),
+                        Kind::Warning,
+                        "FailedPostStartHook",
+                        format!("PostStartHook failed: {message}"),
+                    )
+                    .await;
+                    self.kill(i, "FailedPostStartHook").await;
+                    return Ok(());
+                }
+                self.start_probes(i);
                 Ok(())
             }
             Err(message) => {
@@ -528,6 +578,141 @@ impl<R: ContainerRuntime> Worker<R> {
                 .await;
                 Err(message)
             }
+        }
+    }
+
+    /// How probes and hooks reach container `i`.
+    fn target(&self, i: usize) -> Option<crate::probe::Target<R>> {
+        let c = &self.ctrs[i];
+        Some(crate::probe::Target {
+            runtime: self.shared.runtime.clone(),
+            id: c.id.clone()?,
+            netns: self.sandbox.as_ref().and_then(|s| s.net.clone()),
+            ports: c
+                .spec
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| Some((p.name.clone()?, p.container_port)))
+                .collect(),
+        })
+    }
+
+    /// Starts the prober of the running container `i`.
+    fn start_probes(&mut self, i: usize) {
+        let Some(target) = self.target(i) else { return };
+        let tx = self.tx.clone();
+        let id = target.id.clone();
+        let spec = self.ctrs[i].spec.clone();
+        let task = tokio::spawn(crate::probe::run(spec, target, move |outcome| {
+            tx.send(Msg::Probe(id.clone(), outcome)).is_ok()
+        }));
+        if let Some(old) = self.ctrs[i].prober.replace(task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    async fn probed(&mut self, id: &str, outcome: crate::probe::Outcome) {
+        use crate::probe::Outcome;
+        let Some(i) = self
+            .ctrs
+            .iter()
+            .position(|c| c.id.as_deref() == Some(id) && c.running.is_some())
+        else {
+            return;
+        };
+        let field = field_path(&self.ctrs[i]);
+        match outcome {
+            Outcome::Started => self.ctrs[i].started = true,
+            Outcome::Ready(ready) => self.ctrs[i].ready = ready,
+            Outcome::Failed(kind, message) => {
+                self.event(
+                    Some(field),
+                    Kind::Warning,
+                    "Unhealthy",
+                    format!("{} probe failed: {message}", kind.name()),
+                )
+                .await;
+            }
+            Outcome::Restart(kind, _) => {
+                let name = self.ctrs[i].spec.name.clone();
+                self.event(
+                    Some(field),
+                    Kind::Normal,
+                    "Killing",
+                    format!(
+                        "Container {name} failed {} probe, will be restarted",
+                        kind.name().to_ascii_lowercase()
+                    ),
+                )
+                .await;
+                self.kill(i, "probe").await;
+            }
+        }
+    }
+
+    /// Stops container `i` (its preStop hook, SIGTERM, SIGKILL after the grace period) for
+    /// the restart policy to act on; the exit arrives as usual.
+    async fn kill(&mut self, i: usize, why: &str) {
+        self.ctrs[i].stopped();
+        let Some(id) = self.ctrs[i].id.clone() else {
+            return;
+        };
+        self.pre_stop(i).await;
+        debug!(container = %self.ctrs[i].spec.name, why, "killing a container");
+        let _ = self.shared.runtime.signal(&id, 15, false);
+        let grace = self.grace_period();
+        let runtime = self.shared.runtime.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = runtime.signal(&id, 9, true);
+        });
+    }
+
+    fn grace_period(&self) -> Duration {
+        let secs = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        Duration::from_secs(secs.max(0) as u64)
+    }
+
+    /// Runs a lifecycle hook of container `i`, bounded by the grace period.
+    async fn run_hook(&self, i: usize, hook: &Hook) -> Result<(), String> {
+        let timeout = self.grace_period().max(Duration::from_secs(1));
+        match hook {
+            Hook::Sleep(d) => {
+                tokio::time::sleep(*d.min(&timeout)).await;
+                Ok(())
+            }
+            Hook::Handler(h) => {
+                let target = self.target(i).ok_or("the container is not running")?;
+                h.run(&target, timeout).await
+            }
+        }
+    }
+
+    /// Runs container `i`'s preStop hook, if it has one and runs.
+    async fn pre_stop(&self, i: usize) {
+        let hook = self.ctrs[i]
+            .spec
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(hook_handler);
+        if let Some(hook) = hook
+            && self.ctrs[i].running.is_some()
+            && let Err(message) = self.run_hook(i, &hook).await
+        {
+            self.event(
+                Some(field_path(&self.ctrs[i])),
+                Kind::Warning,
+                "FailedPreStopHook",
+                format!("PreStopHook failed: {message}"),
+            )
+            .await;
         }
     }
 
@@ -929,6 +1114,14 @@ impl<R: ContainerRuntime> Worker<R> {
             .filter(|c| c.running.is_some())
             .filter_map(|c| Some((c.id.clone()?, c.spec.name.clone())))
             .collect();
+        for c in &mut self.ctrs {
+            c.stopped();
+        }
+        // preStop hooks run first, within the grace period (each is bounded by it).
+        if !grace.is_zero() {
+            let hooks = (0..self.ctrs.len()).map(|i| self.pre_stop(i));
+            let _ = tokio::time::timeout_at(deadline, futures::future::join_all(hooks)).await;
+        }
         for (id, name) in &running {
             let field = self
                 .ctrs
@@ -949,7 +1142,7 @@ impl<R: ContainerRuntime> Worker<R> {
         }
         while self.ctrs.iter().any(|c| c.running.is_some()) {
             tokio::select! {
-                Some(msg) = self.rx.recv() => self.handle(msg),
+                Some(msg) = self.rx.recv() => self.handle(msg).await,
                 _ = tokio::time::sleep_until(deadline) => {
                     for c in self.ctrs.iter().filter(|c| c.running.is_some()) {
                         if let Some(id) = &c.id {
@@ -959,7 +1152,7 @@ impl<R: ContainerRuntime> Worker<R> {
                     // SIGKILL can't be refused; wait for the exits without a deadline.
                     while self.ctrs.iter().any(|c| c.running.is_some()) {
                         match self.rx.recv().await {
-                            Some(msg) => self.handle(msg),
+                            Some(msg) => self.handle(msg).await,
                             None => break,
                         }
                     }
@@ -1036,14 +1229,14 @@ impl<R: ContainerRuntime> Worker<R> {
         } else {
             c.previous.clone()
         };
-        let ready = c.running.is_some() && !c.init;
+        let ready = c.running.is_some() && c.ready && !c.init;
         let mut status = json!({
             "name": c.spec.name,
             "image": c.spec.image.clone().unwrap_or_default(),
             "imageID": c.image.as_ref().map(Image::image_id).unwrap_or_default(),
             "ready": ready,
             "restartCount": c.restarts,
-            "started": c.running.is_some(),
+            "started": c.running.is_some() && c.started,
             "state": state,
             "lastState": last.as_ref().map(terminated).unwrap_or_else(|| json!({})),
         });
@@ -1095,7 +1288,7 @@ impl<R: ContainerRuntime> Worker<R> {
         let terminal = matches!(phase, "Succeeded" | "Failed");
         let unready: Vec<&str> = apps
             .iter()
-            .filter(|c| c.running.is_none())
+            .filter(|c| c.running.is_none() || !c.ready)
             .map(|c| c.spec.name.as_str())
             .collect();
         let pending_inits: Vec<&str> = inits
@@ -1214,6 +1407,7 @@ impl<R: ContainerRuntime> Worker<R> {
                         started: c.id.is_some() && c.start_error.is_none(),
                         started_before: c.previous.is_some(),
                         waiting: c.waiting.as_ref().map(|w| w.0.clone()),
+                        netns: self.sandbox.as_ref().and_then(|s| s.net.clone()),
                     },
                 )
             })
@@ -1243,6 +1437,20 @@ impl<R: ContainerRuntime> Worker<R> {
             Err(e) => warn!(pod = %self.name(), error = %e, "writing the pod's status"),
         }
     }
+}
+
+/// A lifecycle hook: a handler, or `sleep`.
+enum Hook {
+    Handler(crate::probe::Handler),
+    Sleep(Duration),
+}
+
+fn hook_handler(h: &k8s_openapi::api::core::v1::LifecycleHandler) -> Option<Hook> {
+    if let Some(s) = &h.sleep {
+        return Some(Hook::Sleep(Duration::from_secs(s.seconds.max(0) as u64)));
+    }
+    crate::probe::Handler::of(h.exec.as_ref(), h.http_get.as_ref(), h.tcp_socket.as_ref())
+        .map(Hook::Handler)
 }
 
 fn terminated(t: &Terminated) -> Value {

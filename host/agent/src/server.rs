@@ -168,6 +168,9 @@ async fn handle<R: ContainerRuntime>(
         (&http::Method::GET | &http::Method::POST, ["exec", namespace, pod, container]) => {
             exec(shared, &mut req, namespace, pod, container, &query)
         }
+        (&http::Method::GET | &http::Method::POST, ["portForward", namespace, pod]) => {
+            port_forward(shared, &mut req, namespace, pod)
+        }
         (&http::Method::GET, ["healthz"]) => {
             Response::new(Full::new(Bytes::from_static(b"ok")).boxed())
         }
@@ -243,8 +246,8 @@ async fn container_logs<R: ContainerRuntime>(
         .expect("a valid response")
 }
 
-/// `/exec/<ns>/<pod>/<container>`: upgrades to a WebSocket with `v5.channel.k8s.io` and
-/// runs the command in the container.
+/// `/exec/<ns>/<pod>/<container>`: upgrades to a WebSocket (`v5.channel.k8s.io`) or to
+/// SPDY (`v4.channel.k8s.io`) and runs the command in the container.
 fn exec<R: ContainerRuntime>(
     shared: &Arc<Shared<R>>,
     req: &mut Request<hyper::body::Incoming>,
@@ -274,28 +277,6 @@ fn exec<R: ContainerRuntime>(
             format!("container {container} is not running"),
         );
     };
-    let headers = req.headers();
-    let websocket = headers
-        .get(http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let offers_v5 = headers
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == crate::streams::V5);
-    let Some(key) = headers
-        .get(http::header::SEC_WEBSOCKET_KEY)
-        .cloned()
-        .filter(|_| websocket && offers_v5)
-    else {
-        // Not a v5 WebSocket (kubectl then falls back to SPDY, which is not served yet).
-        return text(
-            StatusCode::BAD_REQUEST,
-            "exec needs a WebSocket upgrade with the v5.channel.k8s.io subprotocol",
-        );
-    };
     let session = match shared
         .runtime
         .exec(&id, options.command.clone(), options.tty)
@@ -308,30 +289,148 @@ fn exec<R: ContainerRuntime>(
             );
         }
     };
+    upgrade(
+        req,
+        crate::streams::V5,
+        crate::streams::SPDY_EXEC,
+        move |io| async move {
+            match io {
+                Upgraded::WebSocket(ws) => {
+                    crate::streams::serve_websocket(*ws, session, options).await
+                }
+                Upgraded::Spdy(io) => crate::streams::serve_spdy(io, session, options).await,
+            }
+        },
+    )
+}
+
+/// `/portForward/<ns>/<pod>`: SPDY (raw or in a WebSocket) streams to the pod's ports.
+fn port_forward<R: ContainerRuntime>(
+    shared: &Arc<Shared<R>>,
+    req: &mut Request<hyper::body::Incoming>,
+    namespace: &str,
+    pod: &str,
+) -> Response<Body> {
+    let Some(netns) = shared.pod_netns(namespace, pod) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod}\" in namespace \"{namespace}\" is not running on this node"),
+        );
+    };
+    upgrade(
+        req,
+        crate::portforward::WEBSOCKET,
+        crate::portforward::SPDY,
+        move |io| async move {
+            match io {
+                Upgraded::WebSocket(ws) => {
+                    crate::portforward::serve(crate::portforward::websocket_pipe(*ws), netns).await
+                }
+                Upgraded::Spdy(io) => crate::portforward::serve(io, netns).await,
+            }
+        },
+    )
+}
+
+/// The connection after a 101.
+enum Upgraded {
+    WebSocket(Box<tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>),
+    Spdy(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+/// Answers an upgrade to a WebSocket with subprotocol `websocket_protocol`, or to SPDY/3.1
+/// with stream protocol `spdy_protocol`, and runs `serve` on the upgraded connection.
+fn upgrade<F, Fut>(
+    req: &mut Request<hyper::body::Incoming>,
+    websocket_protocol: &'static str,
+    spdy_protocol: &'static str,
+    serve: F,
+) -> Response<Body>
+where
+    F: FnOnce(Upgraded) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let headers = req.headers();
+    let upgrade_to = headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let listed = |name: http::header::HeaderName, wanted: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == wanted)
+    };
+    let response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade");
+    let (response, websocket) = if upgrade_to == "websocket" {
+        let Some(key) = headers.get(http::header::SEC_WEBSOCKET_KEY).cloned() else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "a WebSocket upgrade needs Sec-WebSocket-Key",
+            );
+        };
+        if !listed(http::header::SEC_WEBSOCKET_PROTOCOL, websocket_protocol) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("the WebSocket subprotocol must be {websocket_protocol}"),
+            );
+        }
+        let response = response
+            .header(http::header::UPGRADE, "websocket")
+            .header(
+                http::header::SEC_WEBSOCKET_ACCEPT,
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+            )
+            .header(http::header::SEC_WEBSOCKET_PROTOCOL, websocket_protocol);
+        (response, true)
+    } else if upgrade_to == "spdy/3.1" {
+        if !listed(
+            http::header::HeaderName::from_static("x-stream-protocol-version"),
+            spdy_protocol,
+        ) {
+            return text(
+                StatusCode::FORBIDDEN,
+                format!("the stream protocol must be {spdy_protocol}"),
+            );
+        }
+        let response = response
+            .header(http::header::UPGRADE, "SPDY/3.1")
+            .header("X-Stream-Protocol-Version", spdy_protocol);
+        (response, false)
+    } else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Upgrade request required (websocket or SPDY/3.1)",
+        );
+    };
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    tokio_tungstenite::tungstenite::protocol::Role::Server,
-                    None,
-                )
-                .await;
-                crate::streams::serve_websocket(ws, session, options).await;
+                let io = TokioIo::new(upgraded);
+                let io = if websocket {
+                    Upgraded::WebSocket(Box::new(
+                        tokio_tungstenite::WebSocketStream::from_raw_socket(
+                            io,
+                            tokio_tungstenite::tungstenite::protocol::Role::Server,
+                            None,
+                        )
+                        .await,
+                    ))
+                } else {
+                    Upgraded::Spdy(io)
+                };
+                serve(io).await;
             }
-            Err(e) => debug!(error = %e, "the exec upgrade failed"),
+            Err(e) => debug!(error = %e, "an upgrade failed"),
         }
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(http::header::CONNECTION, "Upgrade")
-        .header(http::header::UPGRADE, "websocket")
-        .header(
-            http::header::SEC_WEBSOCKET_ACCEPT,
-            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
-        )
-        .header(http::header::SEC_WEBSOCKET_PROTOCOL, crate::streams::V5)
+    response
         .body(Full::new(Bytes::new()).boxed())
         .expect("a valid response")
 }

@@ -24,8 +24,8 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-/// The arguments of `skiff shim run`.
-#[derive(Debug, Clone, clap::Args)]
+/// The arguments of `skiff shim run` (also sent as JSON to a spare shim).
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct RunArgs {
     /// The container's ID (libcontainer's, and the directory name under `--root`).
     #[arg(long)]
@@ -57,6 +57,52 @@ pub struct RunningState {
     pub pid: i32,
     /// When the container started.
     pub started_at: jiff::Timestamp,
+    /// The shim's start time (clock ticks after boot, /proc/<pid>/stat field 22), so a
+    /// reused PID is not taken for it.
+    #[serde(default)]
+    pub shim_start: Option<u64>,
+}
+
+/// A process's start time in clock ticks after boot (field 22 of /proc/<pid>/stat).
+pub fn process_start(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it don't.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// `skiff shim spare`: a shim started ahead of time, so a container start doesn't wait for
+/// a process to exec. It reads its [`RunArgs`] as one JSON line on stdin, then is `skiff
+/// shim run`. If the agent goes away first, stdin ends and so does the spare.
+pub fn spare() -> ! {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
+        std::process::exit(0);
+    }
+    let args: RunArgs = match serde_json::from_str(&line) {
+        Ok(a) => a,
+        Err(e) => {
+            let ready = Ready {
+                pid: None,
+                error: Some(format!("the spare shim got bad arguments: {e}")),
+            };
+            println!("{}", serde_json::to_string(&ready).unwrap_or_default());
+            std::process::exit(1);
+        }
+    };
+    // The container inherits neither the argument pipe nor a stderr nobody reads.
+    use std::os::fd::AsRawFd as _;
+    if let Ok(null) = File::open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+    }
+    if let Ok(log) = File::create(args.dir.join("shim.log")) {
+        let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+    }
+    run(args)
 }
 
 /// What `exit.json` holds once the container has exited.
@@ -165,10 +211,12 @@ fn start(args: &RunArgs) -> Result<Started, String> {
         .pid()
         .ok_or_else(|| "the started container has no pid".to_owned())?;
     let started_at = jiff::Timestamp::now();
+    let shim_pid = std::process::id() as i32;
     let state = RunningState {
-        shim_pid: std::process::id() as i32,
+        shim_pid,
         pid: pid.as_raw(),
         started_at,
+        shim_start: process_start(shim_pid),
     };
     write_json(&args.dir.join("state.json"), &state)
         .map_err(|e| format!("writing state.json: {e}"))?;

@@ -1,7 +1,8 @@
-//! `kubectl exec` on the agent's endpoint: the remote-command protocol over a WebSocket
-//! (subprotocol `v5.channel.k8s.io`, see shared/reference/kubectl-wire.md §9.1). Binary
-//! messages carry a channel byte: 0 stdin, 1 stdout, 2 stderr, 3 the final Status, 4
-//! terminal resizes; `[255, 0]` closes stdin.
+//! `kubectl exec` on the agent's endpoint, in both of kubectl's protocols
+//! (shared/reference/kubectl-wire.md §9.1): a WebSocket with subprotocol
+//! `v5.channel.k8s.io`, whose binary messages carry a channel byte (0 stdin, 1 stdout, 2
+//! stderr, 3 the final Status, 4 terminal resizes; `[255, 0]` closes stdin), and the SPDY
+//! fallback, one SPDY stream per channel.
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
@@ -188,6 +189,127 @@ pub async fn serve_websocket<S>(
         .await;
     drop(tx);
     let _ = writer.await;
+}
+
+/// The SPDY stream protocol version chosen for exec: v4 (v5 only adds a WebSocket close
+/// signal), as the kubelet does for SPDY clients.
+pub const SPDY_EXEC: &str = "v4.channel.k8s.io";
+
+/// Runs one exec session over an upgraded SPDY connection: the client opens one stream
+/// per channel (`streamtype` error, stdin, stdout, stderr, resize), each answered at once;
+/// once all it asked for are there output flows, and at the end a failure's Status goes
+/// on `error` and every stream is half-closed.
+pub async fn serve_spdy<S>(io: S, mut session: ExecSession, options: ExecOptions)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (writer, mut incoming) = crate::spdy::serve(io);
+    let mut wanted = vec!["error"];
+    if options.stdin {
+        wanted.push("stdin");
+    }
+    if options.stdout {
+        wanted.push("stdout");
+    }
+    if options.stderr && !options.tty {
+        wanted.push("stderr");
+    }
+    if options.tty {
+        wanted.push("resize");
+    }
+    let mut streams: std::collections::HashMap<String, crate::spdy::Stream> = Default::default();
+    let deadline = tokio::time::sleep(std::time::Duration::from_secs(30));
+    tokio::pin!(deadline);
+    while !wanted.iter().all(|w| streams.contains_key(*w)) {
+        tokio::select! {
+            s = incoming.recv() => match s {
+                Some(s) => {
+                    // The client waits for each reply before it opens the next stream.
+                    if writer.reply(s.id, false).await.is_err() {
+                        return;
+                    }
+                    let kind = s.header("streamtype").unwrap_or("").to_owned();
+                    streams.insert(kind, s);
+                }
+                None => return,
+            },
+            _ = &mut deadline => {
+                debug!("an exec client did not open its streams in time");
+                return;
+            }
+        }
+    }
+    let id_of = |kind: &str| streams.get(kind).map(|s| s.id);
+    let (error_id, stdout_id, stderr_id) = (id_of("error"), id_of("stdout"), id_of("stderr"));
+    let mut tasks = Vec::new();
+    for (kind, id) in [("stdout", stdout_id), ("stderr", stderr_id)] {
+        let from = if kind == "stdout" {
+            session.stdout.take()
+        } else {
+            session.stderr.take()
+        };
+        if let (Some(mut from), Some(id)) = (from, id) {
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match from.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if writer.data(id, &buf[..n], false).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    if let (Some(mut stdin_stream), Some(mut stdin)) =
+        (streams.remove("stdin"), session.stdin.take())
+    {
+        tokio::spawn(async move {
+            while let Some(chunk) = stdin_stream.data.recv().await {
+                if stdin.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            // FIN from the client: EOF for the process.
+            let _ = stdin.shutdown().await;
+        });
+    }
+    if let (Some(mut resize_stream), Some(resize)) =
+        (streams.remove("resize"), session.resize.take())
+    {
+        tokio::spawn(async move {
+            while let Some(chunk) = resize_stream.data.recv().await {
+                for size in serde_json::Deserializer::from_slice(&chunk)
+                    .into_iter::<Value>()
+                    .flatten()
+                {
+                    resize(
+                        size["Width"].as_u64().unwrap_or(80) as u16,
+                        size["Height"].as_u64().unwrap_or(24) as u16,
+                    );
+                }
+            }
+        });
+    }
+    let outcome = session.exit.await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Some(id) = error_id {
+        if !matches!(outcome, Ok(0)) {
+            let status = exit_status(&options.command, &outcome);
+            let _ = writer.data(id, status.to_string().as_bytes(), false).await;
+        }
+        let _ = writer.data(id, &[], true).await;
+    }
+    for id in [stdout_id, stderr_id].into_iter().flatten() {
+        let _ = writer.data(id, &[], true).await;
+    }
+    let _ = writer.go_away().await;
 }
 
 #[cfg(test)]

@@ -28,12 +28,29 @@ pub struct YoukiConfig {
     pub shim: PathBuf,
 }
 
+/// How many spare shims wait for containers.
+const SPARES: usize = 2;
+
 /// Runs containers with libcontainer through per-container shims.
 pub struct YoukiRuntime {
     config: YoukiConfig,
     /// Shims this process spawned: reaped when they exit. Shims adopted after a restart
     /// are children of another process.
     children: Arc<Mutex<HashMap<String, Child>>>,
+    /// Shims started ahead of time (`skiff shim spare`), waiting for their containers:
+    /// a start takes one that has long finished its exec.
+    spare: Arc<Mutex<std::collections::VecDeque<Child>>>,
+}
+
+impl Drop for YoukiRuntime {
+    fn drop(&mut self) {
+        let spares = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|p| p.into_inner()));
+        for mut spare in spares {
+            // Its stdin closes with it: the spare exits on its own.
+            drop(spare.stdin.take());
+            let _ = spare.wait();
+        }
+    }
 }
 
 impl YoukiRuntime {
@@ -46,7 +63,59 @@ impl YoukiRuntime {
         Ok(YoukiRuntime {
             config,
             children: Arc::default(),
+            spare: Arc::default(),
         })
+    }
+
+    fn alive(child: &Child) -> bool {
+        Path::new(&format!("/proc/{}", child.id())).exists()
+            && crate::shim::process_start(child.id() as i32).is_some()
+    }
+
+    fn spawn_spare(shim: &Path) -> std::io::Result<Child> {
+        Command::new(shim)
+            .arg("shim")
+            .arg("spare")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+
+    /// A shim for the next container: the spare if it is alive, else a new one.
+    fn take_shim(&self) -> std::io::Result<Child> {
+        loop {
+            let spare = self
+                .spare
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            match spare {
+                Some(child) if Self::alive(&child) => return Ok(child),
+                Some(mut dead) => {
+                    let _ = dead.wait();
+                }
+                None => return Self::spawn_spare(&self.config.shim),
+            }
+        }
+    }
+
+    /// Starts the next spare in the background (after a container has started, so it
+    /// doesn't compete with that start for the CPU).
+    fn refill_spare(&self) {
+        let path = self.config.shim.clone();
+        let slot = self.spare.clone();
+        std::thread::spawn(move || {
+            while slot.lock().unwrap_or_else(|p| p.into_inner()).len() < SPARES {
+                match Self::spawn_spare(&path) {
+                    Ok(next) => slot
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back(next),
+                    Err(_) => return,
+                }
+            }
+        });
     }
 
     fn container_dir(&self, id: &str) -> PathBuf {
@@ -59,18 +128,21 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Whether `pid` is still the shim of container `id` (a PID can be reused after a reboot).
-fn shim_alive(pid: i32, id: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == id.as_bytes()))
+/// Whether the shim that wrote `state` still runs (a PID can be reused after a reboot, so
+/// its start time must match too).
+fn shim_alive(state: &RunningState) -> bool {
+    match state.shim_start {
+        Some(start) => crate::shim::process_start(state.shim_pid) == Some(start),
+        None => Path::new(&format!("/proc/{}", state.shim_pid)).exists(),
+    }
 }
 
-fn state_of(dir: &Path, id: &str) -> ContainerState {
+fn state_of(dir: &Path) -> ContainerState {
     if let Some(exit) = read_json::<ExitState>(&dir.join("exit.json")) {
         return ContainerState::Exited(exit);
     }
     match read_json::<RunningState>(&dir.join("state.json")) {
-        Some(s) if shim_alive(s.shim_pid, id) => ContainerState::Running(Started {
+        Some(s) if shim_alive(&s) => ContainerState::Running(Started {
             pid: s.pid,
             started_at: s.started_at,
         }),
@@ -107,31 +179,24 @@ impl ContainerRuntime for YoukiRuntime {
                 .and_then(|l| l.cgroups_path().clone())
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let shim_log = std::fs::File::create(dir.join("shim.log"))
-                .map_err(RuntimeError::io("creating shim.log"))?;
-            let mut child = Command::new(&self.config.shim)
-                .arg("shim")
-                .arg("run")
-                .arg("--id")
-                .arg(&config.id)
-                .arg("--bundle")
-                .arg(&dir)
-                .arg("--root")
-                .arg(&self.config.root)
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--log")
-                .arg(&config.log_path)
-                .arg("--cgroup")
-                .arg(&cgroup)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(shim_log)
-                .spawn()
-                .map_err(RuntimeError::io(format!(
-                    "starting the shim {}",
-                    self.config.shim.display()
-                )))?;
+            let args = crate::shim::RunArgs {
+                id: config.id.clone(),
+                bundle: dir.clone(),
+                root: self.config.root.clone(),
+                dir: dir.clone(),
+                log: config.log_path.clone(),
+                cgroup,
+            };
+            let mut child = self.take_shim().map_err(RuntimeError::io(format!(
+                "starting the shim {}",
+                self.config.shim.display()
+            )))?;
+            let mut line = serde_json::to_vec(&args).expect("arguments serialize");
+            line.push(b'\n');
+            let mut stdin = child.stdin.take().expect("piped");
+            std::io::Write::write_all(&mut stdin, &line)
+                .map_err(RuntimeError::io("sending the shim its container"))?;
+            drop(stdin);
             let stdout = child.stdout.take().expect("piped");
             let line = tokio::task::spawn_blocking(move || {
                 let mut line = String::new();
@@ -142,6 +207,7 @@ impl ContainerRuntime for YoukiRuntime {
             .await
             .map_err(|e| RuntimeError::Start(format!("waiting for the shim: {e}")))?
             .map_err(RuntimeError::io("reading the shim's answer"))?;
+            self.refill_spare();
             let ready: Ready = serde_json::from_str(line.trim()).unwrap_or(Ready {
                 pid: None,
                 error: Some(format!(
@@ -187,7 +253,7 @@ impl ContainerRuntime for YoukiRuntime {
             let pid = rustix::process::Pid::from_raw(state.shim_pid)
                 .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
             match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
-                Ok(fd) if shim_alive(state.shim_pid, &id) => {
+                Ok(fd) if shim_alive(&state) => {
                     // The AsyncFd owns the pidfd for as long as it is registered, which is
                     // the I/O safety `register` asks for.
                     #[allow(
@@ -370,7 +436,7 @@ impl ContainerRuntime for YoukiRuntime {
                 .and_then(|c| serde_json::from_value(c.get("annotations")?.clone()).ok())
                 .unwrap_or_default();
             out.push(Listed {
-                state: state_of(&entry.path(), &id),
+                state: state_of(&entry.path()),
                 id,
                 annotations,
             });

@@ -60,6 +60,10 @@ fn subresource_kind(def: &ResourceDef, sub: &Subresource) -> (Value, &'static [&
             json!({"group": "", "version": "v1", "kind": "PodExecOptions"}),
             &["create", "get"],
         ),
+        Subresource::PortForward => (
+            json!({"group": "", "version": "v1", "kind": "PodPortForwardOptions"}),
+            &["create", "get"],
+        ),
     }
 }
 

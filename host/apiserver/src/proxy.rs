@@ -279,9 +279,7 @@ const UPGRADE_HEADERS: &[&str] = &[
     "x-stream-protocol-version",
 ];
 
-/// `pods/<name>/exec`: the upgrade is passed to the agent's `/exec/<ns>/<pod>/<container>`
-/// as it came (the agent speaks the stream protocol), and once both sides have switched
-/// protocols the bytes are copied both ways, as kube-apiserver's upgrade-aware proxy does.
+/// `pods/<name>/exec`: passed to the agent's `/exec/<ns>/<pod>/<container>`.
 pub(crate) async fn pod_exec(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let stored = ctx
         .store()
@@ -292,11 +290,6 @@ pub(crate) async fn pod_exec(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let pod = ctx.value(&stored)?;
     let name = ctx.name();
     let container = pick_container(&pod, ctx.query.get("container"), name)?;
-    let (host, port) = agent_of(ctx, &pod).await?;
-    let client = ctx
-        .server
-        .agent_client()
-        .ok_or_else(|| ApiError::internal("the API server has no client for node agents"))?;
     let mut query: Vec<String> = ctx
         .query
         .all("command")
@@ -314,6 +307,35 @@ pub(crate) async fn pod_exec(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         container,
         query.join("&")
     );
+    upgrade_to_agent(ctx, &pod, &path).await
+}
+
+/// `pods/<name>/portforward`: passed to the agent's `/portForward/<ns>/<pod>`.
+pub(crate) async fn pod_port_forward(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let stored = ctx
+        .store()
+        .get(&ctx.key())
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ctx.not_found())?;
+    let pod = ctx.value(&stored)?;
+    let path = format!(
+        "/portForward/{}/{}",
+        ctx.namespace().unwrap_or_default(),
+        ctx.name()
+    );
+    upgrade_to_agent(ctx, &pod, &path).await
+}
+
+/// Passes the client's upgrade to the agent's `path` as it came (the agent speaks the
+/// stream protocol); once both sides have switched protocols the bytes are copied both
+/// ways, as kube-apiserver's upgrade-aware proxy does.
+async fn upgrade_to_agent(ctx: &Ctx, pod: &Value, path: &str) -> Result<Response<Body>, ApiError> {
+    let (host, port) = agent_of(ctx, pod).await?;
+    let client = ctx
+        .server
+        .agent_client()
+        .ok_or_else(|| ApiError::internal("the API server has no client for node agents"))?;
     let method = if ctx
         .headers
         .get(http::header::UPGRADE)
@@ -326,7 +348,7 @@ pub(crate) async fn pod_exec(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     };
     let mut req = http::Request::builder()
         .method(method)
-        .uri(&path)
+        .uri(path)
         .header(http::header::HOST, format!("{host}:{port}"));
     for (k, v) in &ctx.headers {
         if UPGRADE_HEADERS.contains(&k.as_str()) {
@@ -360,7 +382,7 @@ pub(crate) async fn pod_exec(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         let (client_io, agent_io) = match tokio::try_join!(client_side, agent_side) {
             Ok(both) => both,
             Err(e) => {
-                debug!(error = %e, "an exec upgrade failed");
+                debug!(error = %e, "an upgrade to the agent failed");
                 return;
             }
         };

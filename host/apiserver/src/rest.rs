@@ -296,6 +296,9 @@ async fn dispatch(
         (&Method::GET, true, Some("scale")) => subresources::get_scale(&ctx).await,
         (&Method::GET, true, Some("log")) => crate::proxy::pod_log(&ctx).await,
         (&Method::GET | &Method::POST, true, Some("exec")) => crate::proxy::pod_exec(&ctx).await,
+        (&Method::GET | &Method::POST, true, Some("portforward")) => {
+            crate::proxy::pod_port_forward(&ctx).await
+        }
         (&Method::POST, false, None) => {
             verb_allowed("create")?;
             create(&ctx, read(limit).await?).await

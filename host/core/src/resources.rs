@@ -62,6 +62,8 @@ pub enum Subresource {
     Log,
     /// `pods/exec`: a command run in a container, streamed from the node agent.
     Exec,
+    /// `pods/portforward`: connections to a pod's ports, streamed from the node agent.
+    PortForward,
 }
 
 impl Subresource {
@@ -75,6 +77,7 @@ impl Subresource {
             Subresource::Finalize => "finalize",
             Subresource::Log => "log",
             Subresource::Exec => "exec",
+            Subresource::PortForward => "portforward",
         }
     }
 }
@@ -289,7 +292,7 @@ fn scale(spec: &str, status: &str, selector: &str) -> Subresource {
 
 /// Every built-in resource, in discovery order.
 pub fn builtin_resources() -> Vec<ResourceDef> {
-    use Subresource::{Binding, Eviction, Exec, Finalize, Log, Status};
+    use Subresource::{Binding, Eviction, Exec, Finalize, Log, PortForward, Status};
     let replicas = || scale("/spec/replicas", "/status/replicas", "/spec/selector");
     let mut namespaces = builtin::<core::Namespace>(&["ns"], &[], vec![Status, Finalize]);
     namespaces.verbs = NO_COLLECTION_DELETE.iter().map(|s| (*s).into()).collect();
@@ -305,7 +308,7 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
         builtin::<core::Pod>(
             &["po"],
             &["all"],
-            vec![Status, Binding, Eviction, Log, Exec],
+            vec![Status, Binding, Eviction, Log, Exec, PortForward],
         ),
         builtin::<core::ResourceQuota>(&["quota"], &[], vec![Status]),
         builtin::<core::Secret>(&[], &[], vec![]),

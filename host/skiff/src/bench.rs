@@ -7,8 +7,9 @@
 //! delivery latency to 100 watchers (from sending the create to receiving the event), cold
 //! start to a ready `/readyz`, and the server's resident memory when idle.
 //!
-//! `skiff bench scheduler` is in [`scheduler`].
+//! `skiff bench scheduler` is in [`scheduler`], `skiff bench pods` in [`pods`].
 
+mod pods;
 mod scheduler;
 
 use std::net::SocketAddr;
@@ -39,6 +40,9 @@ enum What {
     Api(ApiArgs),
     /// The scheduler: pods/s and cycle latency with simulated nodes; plugin load time.
     Scheduler(scheduler::Args),
+    /// The node agent: pod start latency, container lifecycle against runc and crun, idle
+    /// memory (root, real containers).
+    Pods(pods::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,6 +84,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             api(a).await
         }
         What::Scheduler(a) => scheduler::run(a).await,
+        What::Pods(a) => pods::run(a).await,
     }
 }
 
@@ -104,7 +109,14 @@ impl Server {
     /// Starts a server on a fresh data directory; returns it and the time from spawning the
     /// process to the first ready `/readyz`.
     async fn start(flags: &[&str]) -> anyhow::Result<(Server, Duration)> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in(tempfile::tempdir()?, flags).await
+    }
+
+    /// Starts a server on a data directory prepared beforehand.
+    async fn start_in(
+        dir: tempfile::TempDir,
+        flags: &[&str],
+    ) -> anyhow::Result<(Server, Duration)> {
         let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
         let (child, addr, tls, elapsed) = spawn(dir.path(), &flags).await?;
         Ok((
@@ -161,8 +173,9 @@ async fn spawn(
     let child = Command::new(std::env::current_exe()?)
         .args(["server", "--port", &port.to_string(), "--data-dir"])
         .arg(dir)
-        // The API and scheduler benchmarks measure the control plane with simulated nodes.
-        .arg("--disable-agent")
+        // The API and scheduler benchmarks measure the control plane with simulated nodes;
+        // the pods benchmark asks for the agent with its flags.
+        .args((!flags.iter().any(|f| f.starts_with("--agent"))).then_some("--disable-agent"))
         .args(flags)
         .env("SKIFF_LOG", "warn")
         .stdout(Stdio::null())

@@ -397,6 +397,19 @@ fn kubectl_exec_runs_commands_in_the_container_and_returns_their_exit_codes() {
         "a\nb\nc\n",
     );
     assert_eq!((run.code, run.stdout.trim()), (0, "3"), "{run:?}");
+    // The SPDY fallback gives the same.
+    let spdy = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
+    let failed = kubectl.run_env(
+        &["exec", "shell", "--", "sh", "-c", "echo spdy; exit 4"],
+        &spdy,
+    );
+    assert_eq!(
+        (failed.code, failed.stdout.as_str()),
+        (4, "spdy\n"),
+        "{failed:?}"
+    );
+    let ok = kubectl.run_env(&["exec", "shell", "--", "true"], &spdy);
+    assert_eq!(ok.code, 0, "{ok:?}");
     let missing = kubectl.run(&["exec", "shell", "--", "no-such-command"]);
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("no-such-command"), "{missing:?}");
@@ -418,4 +431,191 @@ fn kubectl_exec_runs_commands_in_the_container_and_returns_their_exit_codes() {
         "{out} {}",
         String::from_utf8_lossy(&tty.stderr)
     );
+}
+
+fn condition(pod: &Value, kind: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn probes_restart_unhealthy_containers_and_gate_readiness() {
+    let s = setup();
+    let kubectl = s.cluster.kubectl();
+    // Healthy for about 2 s, then the liveness probe fails and the container restarts.
+    kubectl.apply(
+        &pod(
+            "liveness",
+            &s.image,
+            "Always",
+            "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 1000",
+            "    livenessProbe: {exec: {command: [cat, /tmp/healthy]}, periodSeconds: 1, failureThreshold: 1}\n",
+        ),
+        &[],
+    );
+    // Ready only while /tmp/ready exists; an httpGet probe on busybox httpd must pass too.
+    kubectl.apply(
+        &pod(
+            "readiness",
+            &s.image,
+            "Always",
+            "httpd -p 8080 -h /www; exec sleep 1000",
+            "    ports: [{name: web, containerPort: 8080}]\n    readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1, failureThreshold: 1}\n    livenessProbe: {httpGet: {path: /index.html, port: web}, periodSeconds: 1}\n    startupProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}\n",
+        ),
+        &[],
+    );
+    let restarted = wait_pod(&kubectl, "liveness", 60, |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    });
+    assert_eq!(
+        restarted["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 137,
+        "{restarted:#}"
+    );
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=liveness",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(events.contains("Liveness probe failed"), "{events}");
+    assert!(
+        events.contains("failed liveness probe, will be restarted"),
+        "{events}"
+    );
+
+    let running = wait_pod(&kubectl, "readiness", 60, |p| {
+        phase(p) == "Running" && p["status"]["containerStatuses"][0]["started"] == true
+    });
+    assert_eq!(condition(&running, "Ready"), "False", "{running:#}");
+    assert_eq!(running["status"]["containerStatuses"][0]["ready"], false);
+    kubectl.ok(&["exec", "readiness", "--", "touch", "/tmp/ready"]);
+    wait_pod(&kubectl, "readiness", 30, |p| {
+        condition(p, "Ready") == "True" && condition(p, "ContainersReady") == "True"
+    });
+    kubectl.ok(&["exec", "readiness", "--", "rm", "/tmp/ready"]);
+    let unready = wait_pod(&kubectl, "readiness", 30, |p| {
+        condition(p, "Ready") == "False"
+    });
+    // The httpGet liveness probe kept passing: no restart.
+    assert_eq!(
+        unready["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{unready:#}"
+    );
+}
+
+#[test]
+fn graceful_delete_runs_the_prestop_hook_first() {
+    let s = setup();
+    let kubectl = s.cluster.kubectl();
+    // The hook tells a listener of the test's on the host's loopback (a hostNetwork pod
+    // shares it) before the container gets its SIGTERM.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    kubectl.apply(
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hooked}}\nspec:\n  hostNetwork: true\n  terminationGracePeriodSeconds: 10\n  containers:\n  - name: main\n    image: {}\n    command: [sh, -c, \"trap 'exit 0' TERM; while true; do sleep 0.1; done\"]\n    lifecycle:\n      postStart: {{exec: {{command: [sh, -c, 'echo started > /tmp/post']}}}}\n      preStop: {{exec: {{command: [sh, -c, 'echo prestop-ran | nc 127.0.0.1 {port}']}}}}\n",
+            s.image
+        ),
+        &[],
+    );
+    let running = wait_pod(&kubectl, "hooked", 60, |p| phase(p) == "Running");
+    // hostNetwork: the pod's IP is the node's.
+    assert_eq!(running["status"]["podIP"], "127.0.0.1");
+    assert_eq!(
+        kubectl.ok(&["exec", "hooked", "--", "cat", "/tmp/post"]),
+        "started\n"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut got = String::new();
+            let _ = conn.read_to_string(&mut got);
+            let _ = tx.send(got);
+        }
+    });
+    kubectl.ok(&["delete", "pod", "hooked", "--timeout=60s"]);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "prestop-ran\n"
+    );
+}
+
+/// GET `path` from `127.0.0.1:port` over plain HTTP/1.0; the whole answer.
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+#[test]
+fn kubectl_port_forward_reaches_a_busybox_httpd() {
+    let s = setup();
+    let kubectl = s.cluster.kubectl();
+    kubectl.apply(
+        &pod(
+            "web",
+            &s.image,
+            "Always",
+            "exec httpd -f -p 8080 -h /www",
+            "",
+        ),
+        &[],
+    );
+    wait_pod(&kubectl, "web", 60, |p| phase(p) == "Running");
+    // kubectl 1.32 tries a WebSocket carrying SPDY first; the second run forces plain SPDY.
+    for websockets in ["true", "false"] {
+        let local = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", s.cluster.kubeconfig())
+            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+            .args([
+                "port-forward",
+                "pod/web",
+                &format!("{local}:8080"),
+                "--address",
+                "127.0.0.1",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let first = lines.next().unwrap().unwrap();
+        assert!(
+            first.starts_with(&format!("Forwarding from 127.0.0.1:{local} -> 8080")),
+            "{first}"
+        );
+        // Two connections, one after the other, over the same session.
+        for _ in 0..2 {
+            let answer = http_get(local, "/index.html").unwrap();
+            assert!(
+                answer.starts_with("HTTP/1.0 200 OK") || answer.starts_with("HTTP/1.1 200 OK"),
+                "{answer}"
+            );
+            assert!(answer.ends_with("<h1>hello from skiff</h1>\n"), "{answer}");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -174,7 +174,7 @@ fn harness() -> Harness {
         recorder: crate::events::Recorder::new(client.clone(), "n1".into()),
         client,
         config,
-        runtime: runtime.clone(),
+        runtime: Arc::new(runtime.clone()),
         images,
         views: Default::default(),
     });
