@@ -100,7 +100,8 @@ pub struct ImageStore {
     dir: PathBuf,
     registry: skiff_oci::Registry,
     images: Mutex<BTreeMap<String, Image>>,
-    /// Pulls and unpacks of one reference run one at a time.
+    /// Pulls run one at a time, so two pods of one image fetch it once (a slow pull makes
+    /// the others wait).
     pulling: tokio::sync::Mutex<()>,
     overlay: bool,
 }
@@ -142,6 +143,7 @@ impl ImageStore {
         self.images.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A blob's path; `digest` must have been checked with [`check_digest`].
     fn blob(&self, digest: &str) -> PathBuf {
         self.dir
             .join("blobs/sha256")
@@ -359,8 +361,8 @@ impl ImageStore {
 
     fn import_oci_layout(&self, root: &Path) -> Result<Vec<Image>, ImageError> {
         let read = |digest: &str| -> Result<Vec<u8>, ImageError> {
-            let (alg, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
-            std::fs::read(root.join("blobs").join(alg).join(hex))
+            let hex = check_digest(digest)?.trim_start_matches("sha256:");
+            std::fs::read(root.join("blobs/sha256").join(hex))
                 .map_err(io(format!("reading blob {digest}")))
         };
         let index: serde_json::Value = serde_json::from_slice(
@@ -464,8 +466,11 @@ impl ImageStore {
         .map_err(|e| ImageError::Invalid(format!("manifest.json: {e}")))?;
         let mut out = Vec::new();
         for entry in manifest.as_array().into_iter().flatten() {
-            let config = std::fs::read(root.join(entry["Config"].as_str().unwrap_or_default()))
-                .map_err(io("reading the image config"))?;
+            let rel = entry["Config"].as_str().unwrap_or_default();
+            let path = safe_join(root, Path::new(rel))?.ok_or_else(|| {
+                ImageError::Invalid(format!("config path {rel:?} passes a symlink"))
+            })?;
+            let config = std::fs::read(path).map_err(io("reading the image config"))?;
             let id = self.store_blob(&config)?;
             let mut layers = Vec::new();
             let mut size = 0;
@@ -497,6 +502,23 @@ impl ImageStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// A digest as a registry or layout gives it must be `sha256:` and 64 hex digits: it
+/// becomes a file name.
+fn check_digest(digest: &str) -> Result<&str, ImageError> {
+    let hex = digest.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        Ok(digest)
+    } else {
+        Err(ImageError::Invalid(format!(
+            "unsupported or malformed digest {digest:?}"
+        )))
     }
 }
 
@@ -585,7 +607,11 @@ fn apply_layer(
             continue;
         };
         if let Some(hidden) = name.strip_prefix(".wh.") {
-            let parent = safe_join(dest, path.parent().unwrap_or(Path::new("")))?;
+            // A whiteout under a symlinked directory would act on what the link points
+            // to, outside the layer: it is ignored.
+            let Some(parent) = safe_join(dest, path.parent().unwrap_or(Path::new("")))? else {
+                continue;
+            };
             std::fs::create_dir_all(&parent).map_err(io("creating a directory"))?;
             match (mode, hidden) {
                 (Whiteouts::Overlay, ".wh..opq") => {
@@ -621,7 +647,8 @@ fn apply_layer(
         if mode == Whiteouts::Apply {
             // A file replacing a directory (or the reverse) in a later layer.
             let target = safe_join(dest, &path)?;
-            if let Ok(meta) = std::fs::symlink_metadata(&target)
+            if let Some(target) = target
+                && let Ok(meta) = std::fs::symlink_metadata(&target)
                 && meta.is_dir() != entry.header().entry_type().is_dir()
             {
                 remove_any(&target);
@@ -644,10 +671,15 @@ fn remove_any(path: &Path) {
     }
 }
 
-/// `dest/rel`, refusing paths that leave `dest`.
-fn safe_join(dest: &Path, rel: &Path) -> Result<PathBuf, ImageError> {
+/// `dest/rel`, refusing paths that leave `dest`; `None` when a directory on the way is a
+/// symlink (which the std calls would follow out of `dest`).
+fn safe_join(dest: &Path, rel: &Path) -> Result<Option<PathBuf>, ImageError> {
     let mut out = dest.to_owned();
     for part in rel.components() {
+        if out != dest && std::fs::symlink_metadata(&out).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Ok(None);
+        }
         match part {
             std::path::Component::Normal(p) => out.push(p),
             std::path::Component::CurDir | std::path::Component::RootDir => {}
@@ -659,7 +691,7 @@ fn safe_join(dest: &Path, rel: &Path) -> Result<PathBuf, ImageError> {
             }
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 #[cfg(test)]

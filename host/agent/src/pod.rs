@@ -224,7 +224,15 @@ impl<R: ContainerRuntime> Worker<R> {
                 self.sync().await;
             }
             self.write_status().await;
-            let retry = self.ctrs.iter().filter_map(|c| c.retry_at).min();
+            // Only future retries: one that has passed was acted on by this sync (or its
+            // container won't restart at all).
+            let now = Instant::now();
+            let retry = self
+                .ctrs
+                .iter()
+                .filter_map(|c| c.retry_at)
+                .filter(|at| *at > now)
+                .min();
             tokio::select! {
                 changed = updates.changed() => {
                     if changed.is_err() {
@@ -847,38 +855,30 @@ impl<R: ContainerRuntime> Worker<R> {
                 if let Some(f) = &from.field_ref {
                     self.field(&f.field_path)?
                 } else if let Some(r) = &from.config_map_key_ref {
-                    match self.config_map(&r.name).await? {
-                        Some(data) => match data.get(&r.key) {
-                            Some(v) => v.clone(),
-                            None if r.optional == Some(true) => continue,
-                            None => {
-                                return Err(format!(
-                                    "couldn't find key {} in ConfigMap {}/{}",
-                                    r.key,
-                                    self.namespace(),
-                                    r.name
-                                ));
-                            }
-                        },
-                        None if r.optional == Some(true) => continue,
-                        None => return Err(format!("configmap \"{}\" not found", r.name)),
+                    let data = self.config_map(&r.name).await?;
+                    match key_of(
+                        data,
+                        &r.key,
+                        r.optional,
+                        "ConfigMap",
+                        &self.namespace(),
+                        &r.name,
+                    )? {
+                        Some(v) => v,
+                        None => continue,
                     }
                 } else if let Some(r) = &from.secret_key_ref {
-                    match self.secret(&r.name).await? {
-                        Some(data) => match data.get(&r.key) {
-                            Some(v) => v.clone(),
-                            None if r.optional == Some(true) => continue,
-                            None => {
-                                return Err(format!(
-                                    "couldn't find key {} in Secret {}/{}",
-                                    r.key,
-                                    self.namespace(),
-                                    r.name
-                                ));
-                            }
-                        },
-                        None if r.optional == Some(true) => continue,
-                        None => return Err(format!("secret \"{}\" not found", r.name)),
+                    let data = self.secret(&r.name).await?;
+                    match key_of(
+                        data,
+                        &r.key,
+                        r.optional,
+                        "Secret",
+                        &self.namespace(),
+                        &r.name,
+                    )? {
+                        Some(v) => v,
+                        None => continue,
                     }
                 } else if let Some(r) = &from.resource_field_ref {
                     self.resource_field(c, &r.resource)?
@@ -1510,6 +1510,33 @@ pub fn expand(value: &str, env: &[(String, String)]) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The value of `key` in a ConfigMap's or Secret's data (`None` when it may be absent and
+/// is), or the kubelet's error for what is missing.
+fn key_of(
+    data: Option<BTreeMap<String, String>>,
+    key: &str,
+    optional: Option<bool>,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let optional = optional == Some(true);
+    match data {
+        Some(data) => match data.get(key) {
+            Some(v) => Ok(Some(v.clone())),
+            None if optional => Ok(None),
+            None => Err(format!(
+                "couldn't find key {key} in {kind} {namespace}/{name}"
+            )),
+        },
+        None if optional => Ok(None),
+        None => Err(format!(
+            "{} \"{name}\" not found",
+            kind.to_ascii_lowercase()
+        )),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -86,8 +86,24 @@ pub struct ExecSession {
     pub stderr: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
     /// Resizes the terminal (columns, rows).
     pub resize: Option<Box<dyn Fn(u16, u16) + Send + Sync>>,
+    /// Hangs the terminal up (SIGHUP to its foreground processes), for a client that left.
+    pub hangup: Option<Box<dyn Fn() + Send + Sync>>,
     /// Resolves to the exit code, or why the process could not start.
     pub exit: BoxFuture<'static, Result<i32, RuntimeError>>,
+}
+
+impl ExecSession {
+    /// A session whose process never started, for `error`.
+    pub fn failed(error: RuntimeError) -> Self {
+        ExecSession {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            resize: None,
+            hangup: None,
+            exit: Box::pin(async move { Err(error) }),
+        }
+    }
 }
 
 impl std::fmt::Debug for ExecSession {
@@ -238,6 +254,7 @@ impl ContainerRuntime for FakeRuntime {
             stdout: Some(Box::new(std::io::Cursor::new(output))),
             stderr: Some(Box::new(tokio::io::empty())),
             resize: None,
+            hangup: None,
             exit: Box::pin(async move { Ok(code) }),
         })
     }

@@ -277,23 +277,17 @@ fn exec<R: ContainerRuntime>(
             format!("container {container} is not running"),
         );
     };
-    let session = match shared
-        .runtime
-        .exec(&id, options.command.clone(), options.tty)
-    {
-        Ok(s) => s,
-        Err(e) => {
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("failed to exec in container: {e}"),
-            );
-        }
-    };
+    // The command starts once the client has switched protocols (a request that can't
+    // upgrade runs nothing); failing to start is then reported on the stream.
+    let runtime = shared.runtime.clone();
     upgrade(
         req,
         crate::streams::V5,
         crate::streams::SPDY_EXEC,
         move |io| async move {
+            let session = runtime
+                .exec(&id, options.command.clone(), options.tty)
+                .unwrap_or_else(crate::runtime::ExecSession::failed);
             match io {
                 Upgraded::WebSocket(ws) => {
                     crate::streams::serve_websocket(*ws, session, options).await

@@ -128,6 +128,7 @@ pub async fn serve_websocket<S>(
     }
     let mut stdin = session.stdin.take().filter(|_| options.stdin);
     let resize = session.resize.take();
+    let hangup = session.hangup.take();
     let mut exit = session.exit;
     let outcome = loop {
         tokio::select! {
@@ -157,9 +158,12 @@ pub async fn serve_websocket<S>(
                     _ => {}
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    // The client went away: stdin closes (EOF) and the process goes on to
-                    // its end unobserved.
+                    // The client went away: stdin closes (EOF), a terminal hangs up, and
+                    // the process goes on to its end unobserved.
                     drop(stdin.take());
+                    if let Some(hangup) = &hangup {
+                        hangup();
+                    }
                     let outcome = exit.await;
                     debug!(?outcome, "exec client left early");
                     for p in pumps {

@@ -28,6 +28,9 @@ pub struct YoukiConfig {
     pub shim: PathBuf,
 }
 
+/// How long a container may take to be created and started.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// How many spare shims wait for containers.
 const SPARES: usize = 2;
 
@@ -198,15 +201,26 @@ impl ContainerRuntime for YoukiRuntime {
                 .map_err(RuntimeError::io("sending the shim its container"))?;
             drop(stdin);
             let stdout = child.stdout.take().expect("piped");
-            let line = tokio::task::spawn_blocking(move || {
+            let read = tokio::task::spawn_blocking(move || {
                 let mut line = String::new();
                 std::io::BufReader::new(stdout)
                     .read_line(&mut line)
                     .map(|_| line)
-            })
-            .await
-            .map_err(|e| RuntimeError::Start(format!("waiting for the shim: {e}")))?
-            .map_err(RuntimeError::io("reading the shim's answer"))?;
+            });
+            // libcontainer can hang (a stuck mount); the pod worker must not.
+            let line = match tokio::time::timeout(START_TIMEOUT, read).await {
+                Ok(line) => line
+                    .map_err(|e| RuntimeError::Start(format!("waiting for the shim: {e}")))?
+                    .map_err(RuntimeError::io("reading the shim's answer"))?,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+                    return Err(RuntimeError::Start(format!(
+                        "the container did not start within {}s",
+                        START_TIMEOUT.as_secs()
+                    )));
+                }
+            };
             self.refill_spare();
             let ready: Ready = serde_json::from_str(line.trim()).unwrap_or(Ready {
                 pid: None,
@@ -280,7 +294,8 @@ impl ContainerRuntime for YoukiRuntime {
         let dir = self.container_dir(id);
         let state: RunningState = read_json(&dir.join("state.json"))
             .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
-        if read_json::<ExitState>(&dir.join("exit.json")).is_some() {
+        // Without its shim, the container's PID may since belong to another process.
+        if read_json::<ExitState>(&dir.join("exit.json")).is_some() || !shim_alive(&state) {
             return Ok(());
         }
         let signal = nix::sys::signal::Signal::try_from(signal)
@@ -368,6 +383,9 @@ impl ContainerRuntime for YoukiRuntime {
             let resizer = master
                 .try_clone()
                 .map_err(RuntimeError::io("duplicating the pty"))?;
+            let hanger = master
+                .try_clone()
+                .map_err(RuntimeError::io("duplicating the pty"))?;
             ExecSession {
                 stdin: Some(Box::new(tokio::fs::File::from_std(master))),
                 stdout: Some(Box::new(tokio::fs::File::from_std(reader))),
@@ -381,6 +399,12 @@ impl ContainerRuntime for YoukiRuntime {
                     };
                     let _ = rustix::termios::tcsetwinsize(&resizer, size);
                 })),
+                hangup: Some(Box::new(move || {
+                    if let Ok(group) = rustix::termios::tcgetpgrp(&hanger) {
+                        let group = nix::unistd::Pid::from_raw(group.as_raw_nonzero().get());
+                        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGHUP);
+                    }
+                })),
                 exit: Box::pin(async { Ok(0) }),
             }
         } else {
@@ -392,6 +416,7 @@ impl ContainerRuntime for YoukiRuntime {
                 stdout: None,
                 stderr: None,
                 resize: None,
+                hangup: None,
                 exit: Box::pin(async { Ok(0) }),
             }
         };

@@ -183,22 +183,31 @@ async fn agent_of(ctx: &Ctx, pod: &Value) -> Result<(String, u16), ApiError> {
     Ok((address, port))
 }
 
-/// `GET pods/<name>/log`: the agent's `/containerLogs/<ns>/<pod>/<container>`, streamed.
-pub(crate) async fn pod_log(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+/// The pod the request names.
+async fn stored_pod(ctx: &Ctx) -> Result<Value, ApiError> {
     let stored = ctx
         .store()
         .get(&ctx.key())
         .await
         .map_err(store_error)?
         .ok_or_else(|| ctx.not_found())?;
-    let pod = ctx.value(&stored)?;
+    ctx.value(&stored)
+}
+
+/// The API server's client for node agents.
+fn client_of(ctx: &Ctx) -> Result<&AgentClient, ApiError> {
+    ctx.server
+        .agent_client()
+        .ok_or_else(|| ApiError::internal("the API server has no client for node agents"))
+}
+
+/// `GET pods/<name>/log`: the agent's `/containerLogs/<ns>/<pod>/<container>`, streamed.
+pub(crate) async fn pod_log(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let pod = stored_pod(ctx).await?;
     let name = ctx.name();
     let container = pick_container(&pod, ctx.query.get("container"), name)?;
     let (host, port) = agent_of(ctx, &pod).await?;
-    let client = ctx
-        .server
-        .agent_client()
-        .ok_or_else(|| ApiError::internal("the API server has no client for node agents"))?;
+    let client = client_of(ctx)?;
     let mut query: Vec<String> = Vec::new();
     for key in [
         "follow",
@@ -281,13 +290,7 @@ const UPGRADE_HEADERS: &[&str] = &[
 
 /// `pods/<name>/exec`: passed to the agent's `/exec/<ns>/<pod>/<container>`.
 pub(crate) async fn pod_exec(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    let stored = ctx
-        .store()
-        .get(&ctx.key())
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| ctx.not_found())?;
-    let pod = ctx.value(&stored)?;
+    let pod = stored_pod(ctx).await?;
     let name = ctx.name();
     let container = pick_container(&pod, ctx.query.get("container"), name)?;
     let mut query: Vec<String> = ctx
@@ -312,13 +315,7 @@ pub(crate) async fn pod_exec(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 
 /// `pods/<name>/portforward`: passed to the agent's `/portForward/<ns>/<pod>`.
 pub(crate) async fn pod_port_forward(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    let stored = ctx
-        .store()
-        .get(&ctx.key())
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| ctx.not_found())?;
-    let pod = ctx.value(&stored)?;
+    let pod = stored_pod(ctx).await?;
     let path = format!(
         "/portForward/{}/{}",
         ctx.namespace().unwrap_or_default(),
@@ -331,11 +328,16 @@ pub(crate) async fn pod_port_forward(ctx: &Ctx) -> Result<Response<Body>, ApiErr
 /// stream protocol); once both sides have switched protocols the bytes are copied both
 /// ways, as kube-apiserver's upgrade-aware proxy does.
 async fn upgrade_to_agent(ctx: &Ctx, pod: &Value, path: &str) -> Result<Response<Body>, ApiError> {
+    // Nothing reaches the agent (which would start the command) unless the client can
+    // switch protocols.
+    let client_side = ctx
+        .upgrade
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| ApiError::bad_request("Upgrade request required"))?;
     let (host, port) = agent_of(ctx, pod).await?;
-    let client = ctx
-        .server
-        .agent_client()
-        .ok_or_else(|| ApiError::internal("the API server has no client for node agents"))?;
+    let client = client_of(ctx)?;
     let method = if ctx
         .headers
         .get(http::header::UPGRADE)
@@ -365,12 +367,6 @@ async fn upgrade_to_agent(ctx: &Ctx, pod: &Value, path: &str) -> Result<Response
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(agent_error(response).await);
     }
-    let client_side = ctx
-        .upgrade
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .ok_or_else(|| ApiError::bad_request("Upgrade request required"))?;
     let agent_side = hyper::upgrade::on(&mut response);
     let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     for (k, v) in response.headers() {
