@@ -385,7 +385,7 @@ impl ImageStore {
                         .filter(|m| {
                             m.pointer("/platform/architecture")
                                 .and_then(|a| a.as_str())
-                                .is_none_or(|a| a == host_arch())
+                                .is_none_or(|a| a == crate::node::arch())
                         })
                         .take(1)
                         .cloned(),
@@ -519,14 +519,6 @@ fn check_digest(digest: &str) -> Result<&str, ImageError> {
         Err(ImageError::Invalid(format!(
             "unsupported or malformed digest {digest:?}"
         )))
-    }
-}
-
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
     }
 }
 

@@ -317,7 +317,7 @@ impl<R: ContainerRuntime> Worker<R> {
                     adopted.push(l.id.clone());
                 }
                 ContainerState::Exited(exit) => c.exited = Some(exit),
-                ContainerState::Unknown => c.exited = Some(lost_exit()),
+                ContainerState::Unknown => c.exited = Some(crate::runtime::lost_exit(None)),
             }
             info!(pod = %self.name(), container = %name, id = %l.id, "re-adopted a container");
         }
@@ -1550,17 +1550,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn lost_exit() -> Exit {
-    let now = jiff::Timestamp::now();
-    Exit {
-        exit_code: 137,
-        signal: None,
-        oom_killed: false,
-        started_at: now,
-        finished_at: now,
-    }
-}
-
 fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
@@ -1570,7 +1559,9 @@ fn watch_exit<R: ContainerRuntime>(shared: &Shared<R>, tx: &mpsc::UnboundedSende
     let tx = tx.clone();
     let id = id.to_owned();
     tokio::spawn(async move {
-        let exit = wait.await.unwrap_or_else(|_| lost_exit());
+        let exit = wait
+            .await
+            .unwrap_or_else(|_| crate::runtime::lost_exit(None));
         let _ = tx.send(Msg::Exited(id, exit));
     });
 }

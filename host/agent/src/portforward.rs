@@ -109,28 +109,14 @@ async fn forward(mut stream: Stream, error: Option<u32>, writer: Writer, netns: 
 /// A connection to `127.0.0.1:port` inside the network namespace (the host's if none),
 /// made on a thread that joined it.
 async fn connect(port: u16, netns: Option<PathBuf>) -> Result<tokio::net::TcpStream, String> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("port-forward".into())
-        .spawn(move || {
-            let result = (|| -> Result<std::net::TcpStream, String> {
-                if let Some(path) = &netns {
-                    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| e.to_string())?;
-                }
-                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-                    .map_err(|e| format!("dial tcp {addr}: {e}"))?;
-                tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
-                Ok(tcp)
-            })();
-            let _ = tx.send(result);
-        })
-        .map_err(|e| e.to_string())?;
-    let tcp = rx
-        .await
-        .map_err(|_| "the connecting thread died".to_owned())??;
+    let tcp = crate::sandbox::in_netns(netns, move || {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+        tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok(tcp)
+    })
+    .await?;
     tokio::net::TcpStream::from_std(tcp).map_err(|e| e.to_string())
 }
 

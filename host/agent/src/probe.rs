@@ -165,7 +165,7 @@ impl Handler {
                 let request =
                     http_request(path, host.as_deref().unwrap_or("127.0.0.1"), port, headers);
                 let netns = target.netns.clone();
-                let answer = blocking_in_netns(netns, move || {
+                let answer = crate::sandbox::in_netns(netns, move || {
                     let mut stream = connect(port, timeout)?;
                     stream.set_read_timeout(Some(timeout)).ok();
                     stream
@@ -189,7 +189,7 @@ impl Handler {
             }
             Handler::Tcp(port) => {
                 let port = resolve_port(port, &target.ports)?;
-                blocking_in_netns(target.netns.clone(), move || {
+                crate::sandbox::in_netns(target.netns.clone(), move || {
                     connect(port, timeout).map(drop)
                 })
                 .await
@@ -229,31 +229,6 @@ fn http_request(path: &str, host: &str, port: u16, headers: &[(String, String)])
 fn connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("dial tcp {addr}: {e}"))
-}
-
-/// Runs `f` on a thread of its own that has joined the network namespace `netns` (the
-/// thread's alone: setns of a network namespace is per thread), or the host's.
-async fn blocking_in_netns<T: Send + 'static>(
-    netns: Option<PathBuf>,
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("probe".into())
-        .spawn(move || {
-            let result = (|| {
-                if let Some(path) = &netns {
-                    let file = std::fs::File::open(path)
-                        .map_err(|e| format!("opening {}: {e}", path.display()))?;
-                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| format!("entering the pod's network namespace: {e}"))?;
-                }
-                f()
-            })();
-            let _ = tx.send(result);
-        })
-        .map_err(|e| e.to_string())?;
-    rx.await.map_err(|_| "the probe thread died".to_owned())?
 }
 
 /// A probe with Kubernetes' defaults filled in.

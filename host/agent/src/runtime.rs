@@ -124,6 +124,19 @@ pub struct Listed {
     pub state: ContainerState,
 }
 
+/// The exit recorded for a container whose shim vanished without recording one (killed,
+/// or the machine rebooted): 137, as for a SIGKILL.
+pub fn lost_exit(started_at: Option<jiff::Timestamp>) -> Exit {
+    let now = jiff::Timestamp::now();
+    Exit {
+        exit_code: 137,
+        signal: None,
+        oom_killed: false,
+        started_at: started_at.unwrap_or(now),
+        finished_at: now,
+    }
+}
+
 /// Runs containers.
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Creates and starts a container; returns once its process runs (or failed to start).

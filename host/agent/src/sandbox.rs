@@ -173,3 +173,28 @@ pub fn remove(dir: &Path) -> Result<(), RuntimeError> {
         _ => Ok(()),
     }
 }
+
+/// Runs `f` on a thread of its own that has joined the network namespace `netns` (the
+/// thread's alone: setns of a network namespace is per thread), or the host's.
+pub async fn in_netns<T: Send + 'static>(
+    netns: Option<PathBuf>,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            let result = (|| {
+                if let Some(path) = &netns {
+                    let file = std::fs::File::open(path)
+                        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| format!("entering the pod's network namespace: {e}"))?;
+                }
+                f()
+            })();
+            let _ = tx.send(result);
+        })
+        .map_err(|e| e.to_string())?;
+    rx.await.map_err(|_| "the probe thread died".to_owned())?
+}

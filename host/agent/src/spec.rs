@@ -220,44 +220,18 @@ pub fn argv(container: &Container, image: &ImageConfig) -> Result<Vec<String>, S
     Ok(argv)
 }
 
-/// CPU millicores of a quantity ("500m", "2", "0.5").
-pub fn millicores(q: &Quantity) -> Result<i64, SpecError> {
-    let s = q.0.trim();
-    let bad = || SpecError::Quantity(s.to_owned());
-    if let Some(m) = s.strip_suffix('m') {
-        return m.parse().map_err(|_| bad());
-    }
-    let cores: f64 = s.parse().map_err(|_| bad())?;
-    Ok((cores * 1000.0).ceil() as i64)
+fn parse(q: &Quantity) -> Result<skiff_core::quantity::Quantity, SpecError> {
+    skiff_core::quantity::Quantity::parse(&q.0).ok_or_else(|| SpecError::Quantity(q.0.clone()))
 }
 
-/// Bytes of a quantity ("64Mi", "1G", "1e3", "500").
+/// CPU millicores of a quantity ("500m", "2", "0.5"), rounded up.
+pub fn millicores(q: &Quantity) -> Result<i64, SpecError> {
+    parse(q).map(|q| q.milli_value())
+}
+
+/// Bytes of a quantity ("64Mi", "1G", "1e3", "500"), rounded up.
 pub fn bytes(q: &Quantity) -> Result<i64, SpecError> {
-    let s = q.0.trim();
-    let bad = || SpecError::Quantity(s.to_owned());
-    const SUFFIXES: &[(&str, f64)] = &[
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-        ("m", 1e-3),
-    ];
-    for (suffix, scale) in SUFFIXES {
-        if let Some(n) = s.strip_suffix(suffix) {
-            let n: f64 = n.parse().map_err(|_| bad())?;
-            return Ok((n * scale).ceil() as i64);
-        }
-    }
-    let n: f64 = s.parse().map_err(|_| bad())?;
-    Ok(n.ceil() as i64)
+    parse(q).map(|q| q.value())
 }
 
 /// The uid and gid the container runs as, and its supplementary groups.

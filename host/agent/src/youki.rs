@@ -153,18 +153,6 @@ fn state_of(dir: &Path) -> ContainerState {
     }
 }
 
-/// The exit recorded for a container whose shim vanished without recording one.
-fn lost(started_at: Option<jiff::Timestamp>) -> Exit {
-    let now = jiff::Timestamp::now();
-    Exit {
-        exit_code: 137,
-        signal: None,
-        oom_killed: false,
-        started_at: started_at.unwrap_or(now),
-        finished_at: now,
-    }
-}
-
 impl ContainerRuntime for YoukiRuntime {
     fn start(&self, config: ContainerConfig) -> BoxFuture<'_, Result<Started, RuntimeError>> {
         Box::pin(async move {
@@ -284,7 +272,7 @@ impl ContainerRuntime for YoukiRuntime {
             Ok(
                 read_json::<ExitState>(&dir.join("exit.json")).unwrap_or_else(|| {
                     warn!(%id, "the shim exited without recording the container's exit");
-                    lost(Some(state.started_at))
+                    crate::runtime::lost_exit(Some(state.started_at))
                 }),
             )
         })

@@ -356,7 +356,20 @@ pub fn qos_class(spec: &Value) -> &'static str {
         if !req.is_empty() || !lim.is_empty() {
             any = true;
         }
-        if lim.len() < 2 || req.iter().any(|(k, v)| lim.get(k) != Some(v)) {
+        // Compared by value: `1000m` and `1` are the same request.
+        let same = |a: &Value, b: &Value| {
+            let q = |v: &Value| match v {
+                Value::String(s) => crate::quantity::Quantity::parse(s),
+                Value::Number(n) => crate::quantity::Quantity::parse(&n.to_string()),
+                _ => None,
+            };
+            q(a).is_some() && q(a) == q(b)
+        };
+        if lim.len() < 2
+            || req
+                .iter()
+                .any(|(k, v)| lim.get(k).is_none_or(|l| !same(v, l)))
+        {
             guaranteed = false;
         }
     }

@@ -37,6 +37,7 @@ mod pattern;
 pub mod plugins;
 pub mod proto;
 pub mod quantity;
+pub mod query;
 pub mod registry;
 pub mod resources;
 pub mod schema;
