@@ -240,16 +240,16 @@ impl Drop for TestCluster {
             let _ = child.wait();
         }
         if self.agent {
-            remove_containers(self.dir.path());
+            remove_containers(&self.dir.path().join("agent"));
         }
     }
 }
 
-/// Kills what the agent in `dir` left running (containers outlive their agent by design),
-/// unmounts its root filesystems and namespace files, and removes its cgroups, so the
-/// temporary directory can go.
+/// Kills what the agent with data directory `dir` left running (containers outlive their
+/// agent by design), unmounts its root filesystems and namespace files, and removes its
+/// cgroups, so the temporary directory can go.
 pub fn remove_containers(dir: &Path) {
-    let containers = dir.join("agent/containers");
+    let containers = dir.join("containers");
     let mut cgroups = Vec::new();
     for entry in std::fs::read_dir(&containers)
         .into_iter()
@@ -399,6 +399,15 @@ pub struct Kubectl {
 }
 
 impl Kubectl {
+    /// A kubectl using another kubeconfig (another user, say), with a discovery cache
+    /// beside it.
+    pub fn with_kubeconfig(kubeconfig: &Path) -> Kubectl {
+        Kubectl {
+            kubeconfig: kubeconfig.to_owned(),
+            cache: kubeconfig.with_extension("cache"),
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("/usr/bin/kubectl");
         cmd.args(args)

@@ -5,8 +5,10 @@
 //! Like every skiff component but the API server, it is an API client: it lists and watches
 //! through the HTTP API and writes pod status, events and deletions back through it.
 
+pub mod attach;
 pub mod events;
 pub mod image;
+pub mod join;
 pub mod logs;
 pub mod node;
 mod pod;
@@ -61,9 +63,13 @@ pub struct AgentConfig {
     pub capacity_cpu: u64,
     /// Memory bytes, likewise.
     pub capacity_memory: u64,
-    /// The HTTPS endpoint's certificate and client CA; without them it is not served (and
+    /// The HTTPS endpoint's certificate and client CA. Without them the agent asks the
+    /// cluster for a serving certificate once its Node is registered, if it joined with
+    /// [`join::client`] (`serving_certificate_dir`); else the endpoint is not served (and
     /// `kubectl logs` can't reach this node).
     pub tls: Option<server::ServerTls>,
+    /// Where [`join`] keeps the node's credentials: set when the agent joined a cluster.
+    pub serving_certificate_dir: Option<PathBuf>,
 }
 
 /// Why the agent stopped.
@@ -214,25 +220,26 @@ pub async fn run<R: ContainerRuntime>(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let mut config = config;
-    let endpoint = match &config.tls {
-        Some(tls) => {
-            let tls = server::tls_config(tls).map_err(AgentError::Serve)?;
-            let listener = tokio::net::TcpListener::bind((config.address, config.port))
-                .await
-                .map_err(|e| {
-                    AgentError::Serve(format!("binding {}:{}: {e}", config.address, config.port))
-                })?;
-            // Port 0 picks a free port; the Node publishes the real one.
-            config.port = listener
-                .local_addr()
-                .map_err(|e| AgentError::Serve(e.to_string()))?
-                .port();
-            Some((listener, tls))
-        }
-        None => {
-            warn!("no serving certificate: logs and exec can't reach this node");
-            None
-        }
+    let serves = config.tls.is_some() || config.serving_certificate_dir.is_some();
+    let listener = if serves {
+        let listener = tokio::net::TcpListener::bind((config.address, config.port))
+            .await
+            .map_err(|e| {
+                AgentError::Serve(format!("binding {}:{}: {e}", config.address, config.port))
+            })?;
+        // Port 0 picks a free port; the Node publishes the real one.
+        config.port = listener
+            .local_addr()
+            .map_err(|e| AgentError::Serve(e.to_string()))?
+            .port();
+        Some(listener)
+    } else {
+        warn!("no serving certificate: logs and exec can't reach this node");
+        None
+    };
+    let given_tls = match &config.tls {
+        Some(tls) => Some(server::tls_config(tls).map_err(AgentError::Serve)?),
+        None => None,
     };
     let machine = node::Machine::read(&config.data_dir);
     node::register(&client, &config, &machine)
@@ -254,10 +261,10 @@ pub async fn run<R: ContainerRuntime>(
         images,
         views: Default::default(),
     });
-    if let Some((listener, tls)) = endpoint {
-        tokio::spawn(server::serve(
+    if let Some(listener) = listener {
+        tokio::spawn(serve_api(
             listener,
-            tls,
+            given_tls,
             shared.clone(),
             shutdown.clone(),
         ));
@@ -268,6 +275,46 @@ pub async fn run<R: ContainerRuntime>(
         _ = shutdown.cancelled() => {}
     }
     Ok(())
+}
+
+/// Serves the agent's HTTPS endpoint: with the given certificate, or with one asked for
+/// from the cluster now that the Node is registered (retried until it is issued; pods run
+/// meanwhile).
+async fn serve_api<R: ContainerRuntime>(
+    listener: tokio::net::TcpListener,
+    given: Option<Arc<rustls::ServerConfig>>,
+    shared: Arc<Shared<R>>,
+    shutdown: CancellationToken,
+) {
+    let tls = match given {
+        Some(tls) => tls,
+        None => {
+            let config = &shared.config;
+            let dir = config
+                .serving_certificate_dir
+                .clone()
+                .expect("served without a certificate only when one can be asked for");
+            loop {
+                let asked =
+                    join::serving_tls(&shared.client, &config.node_name, config.address, &dir);
+                let outcome = tokio::select! {
+                    outcome = asked => outcome,
+                    _ = shutdown.cancelled() => return,
+                };
+                match outcome
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| server::tls_config(&t))
+                {
+                    Ok(tls) => break tls,
+                    Err(error) => {
+                        warn!(%error, "getting a serving certificate; retrying in 10 s");
+                        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                    }
+                }
+            }
+        }
+    };
+    server::serve(listener, tls, shared, shutdown).await;
 }
 
 /// Starts a worker per pod bound to the node and feeds it the pod's changes; after each

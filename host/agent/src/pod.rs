@@ -1026,6 +1026,8 @@ impl<R: ContainerRuntime> Worker<R> {
                 id: id.to_owned(),
                 spec,
                 log_path,
+                stdin: c.spec.stdin.unwrap_or(false),
+                stdin_once: c.spec.stdin_once.unwrap_or(false),
             })
             .await
             .map_err(|e| e.to_string())

@@ -51,6 +51,10 @@ pub struct ContainerConfig {
     pub spec: Spec,
     /// The CRI-format log file the container's output is appended to.
     pub log_path: PathBuf,
+    /// Keep the container's stdin open for attached clients (`stdin`).
+    pub stdin: bool,
+    /// Close it after the first attached client is done with it (`stdinOnce`).
+    pub stdin_once: bool,
 }
 
 /// A started container.
@@ -151,6 +155,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn list(&self) -> Result<Vec<Listed>, RuntimeError>;
     /// Starts `command` in the running container `id`, with a terminal if `tty`.
     fn exec(&self, id: &str, command: Vec<String>, tty: bool) -> Result<ExecSession, RuntimeError>;
+    /// Attaches to the running container `id`'s own stdio: its output from now on, its
+    /// stdin (when `stdin`, and the container has one open), its terminal's size. The
+    /// session's `exit` resolves when the container has ended (Ok(0)) or `hangup` was
+    /// called.
+    fn attach(&self, id: &str, stdin: bool) -> Result<ExecSession, RuntimeError>;
 }
 
 /// One call a [`FakeRuntime`] saw.
@@ -164,6 +173,8 @@ pub enum Call {
     Remove(String),
     /// `exec` with this command.
     Exec(String, Vec<String>),
+    /// `attach`.
+    Attach(String),
 }
 
 #[derive(Default)]
@@ -269,6 +280,34 @@ impl ContainerRuntime for FakeRuntime {
             resize: None,
             hangup: None,
             exit: Box::pin(async move { Ok(code) }),
+        })
+    }
+
+    /// A fake attach echoes what it is sent on stdin to stdout, until stdin closes.
+    fn attach(&self, id: &str, _stdin: bool) -> Result<ExecSession, RuntimeError> {
+        let mut state = self.lock();
+        if !state.exits.contains_key(id) {
+            return Err(RuntimeError::NotFound(id.to_owned()));
+        }
+        state.calls.push(Call::Attach(id.to_owned()));
+        let (client, echo) = tokio::io::duplex(64 * 1024);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut from, mut to) = tokio::io::split(echo);
+            let _ = tokio::io::copy(&mut from, &mut to).await;
+            let _ = done_tx.send(());
+        });
+        let (output, input) = tokio::io::split(client);
+        Ok(ExecSession {
+            stdin: Some(Box::new(input)),
+            stdout: Some(Box::new(output)),
+            stderr: None,
+            resize: None,
+            hangup: None,
+            exit: Box::pin(async move {
+                let _ = done_rx.await;
+                Ok(0)
+            }),
         })
     }
 

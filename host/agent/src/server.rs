@@ -1,5 +1,5 @@
-//! The agent's HTTPS endpoint (the kubelet's port 10250): `/containerLogs/<ns>/<pod>/<container>`
-//! for the API server's pods/log proxy. Clients must show a certificate of the cluster CA
+//! The agent's HTTPS endpoint (the kubelet's port 10250): `/containerLogs/<ns>/<pod>/<container>`,
+//! `/exec/...`, `/attach/...` and `/portForward/<ns>/<pod>` for the API server's proxy. Clients must show a certificate of the cluster CA
 //! for the API server's kubelet client (or a cluster admin).
 
 use std::convert::Infallible;
@@ -155,9 +155,20 @@ async fn handle<R: ContainerRuntime>(
         (&http::Method::GET, ["containerLogs", namespace, pod, container]) => {
             container_logs(shared, namespace, pod, container, &query).await
         }
-        (&http::Method::GET | &http::Method::POST, ["exec", namespace, pod, container]) => {
-            exec(shared, &mut req, namespace, pod, container, &query)
-        }
+        (&http::Method::GET | &http::Method::POST, ["exec", namespace, pod, container]) => stdio(
+            shared,
+            &mut req,
+            (namespace, pod, container),
+            &query,
+            Stdio::Exec,
+        ),
+        (&http::Method::GET | &http::Method::POST, ["attach", namespace, pod, container]) => stdio(
+            shared,
+            &mut req,
+            (namespace, pod, container),
+            &query,
+            Stdio::Attach,
+        ),
         (&http::Method::GET | &http::Method::POST, ["portForward", namespace, pod]) => {
             port_forward(shared, &mut req, namespace, pod)
         }
@@ -236,18 +247,27 @@ async fn container_logs<R: ContainerRuntime>(
         .expect("a valid response")
 }
 
-/// `/exec/<ns>/<pod>/<container>`: upgrades to a WebSocket (`v5.channel.k8s.io`) or to
-/// SPDY (`v4.channel.k8s.io`) and runs the command in the container.
-fn exec<R: ContainerRuntime>(
+/// What a stdio stream session runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Stdio {
+    /// A new process (`/exec`).
+    Exec,
+    /// The container's own process (`/attach`).
+    Attach,
+}
+
+/// `/exec/<ns>/<pod>/<container>` and `/attach/...`: upgrades to a WebSocket
+/// (`v5.channel.k8s.io`) or to SPDY (`v4.channel.k8s.io`) and runs the command in the
+/// container, or attaches to its own stdio.
+fn stdio<R: ContainerRuntime>(
     shared: &Arc<Shared<R>>,
     req: &mut Request<hyper::body::Incoming>,
-    namespace: &str,
-    pod: &str,
-    container: &str,
+    (namespace, pod, container): (&str, &str, &str),
     query: &[(String, String)],
+    kind: Stdio,
 ) -> Response<Body> {
     let options = crate::streams::ExecOptions::from_query(query);
-    if options.command.is_empty() {
+    if kind == Stdio::Exec && options.command.is_empty() {
         return text(
             StatusCode::BAD_REQUEST,
             "you must specify at least one command for the container",
@@ -267,17 +287,19 @@ fn exec<R: ContainerRuntime>(
             format!("container {container} is not running"),
         );
     };
-    // The command starts once the client has switched protocols (a request that can't
-    // upgrade runs nothing); failing to start is then reported on the stream.
+    // The command starts (or the attach begins) once the client has switched protocols;
+    // failing then is reported on the stream.
     let runtime = shared.runtime.clone();
     upgrade(
         req,
         crate::streams::V5,
         crate::streams::SPDY_EXEC,
         move |io| async move {
-            let session = runtime
-                .exec(&id, options.command.clone(), options.tty)
-                .unwrap_or_else(crate::runtime::ExecSession::failed);
+            let session = match kind {
+                Stdio::Exec => runtime.exec(&id, options.command.clone(), options.tty),
+                Stdio::Attach => runtime.attach(&id, options.stdin),
+            }
+            .unwrap_or_else(crate::runtime::ExecSession::failed);
             match io {
                 Upgraded::WebSocket(ws) => {
                     crate::streams::serve_websocket(*ws, session, options).await

@@ -45,6 +45,18 @@ pub struct RunArgs {
     /// The cgroup path of the container (as in the spec), to read OOM kills from.
     #[arg(long)]
     pub cgroup: String,
+    /// Hold the container's stdin open for `kubectl attach` (the container's `stdin`).
+    #[arg(long)]
+    #[serde(default)]
+    pub stdin: bool,
+    /// Close it when the first client that used it leaves (`stdinOnce`).
+    #[arg(long)]
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// The container has a terminal (`tty`; the spec's `process.terminal` says the same).
+    #[arg(long)]
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// What `state.json` holds once the container runs.
@@ -185,25 +197,72 @@ struct Started {
     pid: Pid,
     started_at: jiff::Timestamp,
     container: libcontainer::container::Container,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
+    /// The container's output: stdout and stderr pipes, or the terminal.
+    outputs: Vec<(&'static str, OwnedFd)>,
+    /// Attached clients and the container's stdin.
+    hub: crate::attach::Hub,
 }
 
+/// The name of the console socket libcontainer sends a terminal's master to.
+const CONSOLE_SOCKET: &str = "console.sock";
+
 fn start(args: &RunArgs) -> Result<Started, String> {
-    let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("making a pipe: {e}"))?;
-    let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("making a pipe: {e}"))?;
+    use crate::attach::{self, Input};
     std::fs::create_dir_all(&args.root).map_err(|e| format!("{}: {e}", args.root.display()))?;
-    let mut container = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
+    let listener = attach::bind_in(&args.dir, attach::SOCKET)
+        .map_err(|e| format!("binding {}: {e}", attach::SOCKET))?;
+    let builder = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
         .with_root_path(&args.root)
         .and_then(|b| b.validate_id())
-        .map_err(|e| e.to_string())?
-        .with_stdout(out_w)
-        .with_stderr(err_w)
+        .map_err(|e| e.to_string())?;
+    let pipe = || nix::unistd::pipe().map_err(|e| format!("making a pipe: {e}"));
+    let (builder, outputs, stdin, console) = if args.tty {
+        // libcontainer makes the terminal inside the container and sends its master to
+        // this socket; the connection waits in the backlog until `build` has returned.
+        let console = attach::bind_in(&args.dir, CONSOLE_SOCKET)
+            .map_err(|e| format!("binding {CONSOLE_SOCKET}: {e}"))?;
+        let builder = builder.with_console_socket(Some(args.dir.join(CONSOLE_SOCKET)));
+        (builder, Vec::new(), None, Some(console))
+    } else {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let mut builder = builder.with_stdout(out_w).with_stderr(err_w);
+        let mut stdin = None;
+        if args.stdin {
+            let (in_r, in_w) = pipe()?;
+            builder = builder.with_stdin(in_r);
+            stdin = Some(Input::pipe(in_w).map_err(|e| format!("the stdin pipe: {e}"))?);
+        }
+        (
+            builder,
+            vec![("stdout", out_r), ("stderr", err_r)],
+            stdin,
+            None,
+        )
+    };
+    let mut container = builder
         .as_init(&args.bundle)
         .with_systemd(false)
         .with_detach(true)
         .build()
         .map_err(|e| format!("creating the container: {e}"))?;
+    let (outputs, stdin, terminal) = match console {
+        Some(console) => {
+            let master =
+                receive_fd(&console).map_err(|e| format!("receiving the terminal: {e}"))?;
+            let _ = std::fs::remove_file(args.dir.join(CONSOLE_SOCKET));
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("the terminal: {e}"));
+            let stdin = if args.stdin {
+                Some(Input::terminal(dup(&master)?).map_err(|e| format!("the terminal: {e}"))?)
+            } else {
+                None
+            };
+            (vec![("stdout", dup(&master)?)], stdin, Some(master))
+        }
+        None => (outputs, stdin, None),
+    };
+    let hub = attach::Hub::new(listener, stdin, args.stdin_once, terminal)
+        .map_err(|e| format!("the attach socket: {e}"))?;
     container
         .start()
         .map_err(|e| format!("starting the container: {e}"))?;
@@ -224,9 +283,32 @@ fn start(args: &RunArgs) -> Result<Started, String> {
         pid,
         started_at,
         container,
-        stdout: out_r,
-        stderr: err_r,
+        outputs,
+        hub,
     })
+}
+
+/// Accepts the one connection on `listener` and takes the file descriptor it carries.
+fn receive_fd(listener: &std::os::unix::net::UnixListener) -> std::io::Result<OwnedFd> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let (conn, _) = listener.accept()?;
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut name = [0u8; 256];
+    rustix::net::recvmsg(
+        &conn,
+        &mut [std::io::IoSliceMut::new(&mut name)],
+        &mut control,
+        RecvFlags::empty(),
+    )?;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = message
+            && let Some(fd) = fds.next()
+        {
+            return Ok(fd);
+        }
+    }
+    Err(std::io::Error::other("no file descriptor came"))
 }
 
 /// Copies the container's output to its log until it exits, then records the exit.
@@ -238,33 +320,46 @@ fn supervise(args: &RunArgs, mut started: Started) -> i32 {
             None
         }
     };
-    let mut streams = [
-        LogStream::new("stdout", started.stdout),
-        LogStream::new("stderr", started.stderr),
-    ];
+    let mut streams: Vec<LogStream> = std::mem::take(&mut started.outputs)
+        .into_iter()
+        .map(|(name, fd)| LogStream::new(name, fd))
+        .collect();
+    let hub = &mut started.hub;
     let pidfd = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(started.pid.as_raw()).expect("a positive pid"),
         rustix::process::PidfdFlags::empty(),
     )
     .ok();
+    /// What a polled descriptor is.
+    #[derive(Clone, Copy)]
+    enum Which {
+        Stream(usize),
+        Exit,
+        Hub(crate::attach::Token),
+    }
     let mut exited: Option<WaitStatus> = None;
     loop {
-        let mut fds = Vec::with_capacity(3);
-        let mut which = Vec::with_capacity(3);
+        if exited.is_some() && streams.iter().all(|s| s.fd.is_none()) {
+            break;
+        }
+        let mut fds = Vec::new();
+        let mut which = Vec::new();
         for (i, s) in streams.iter().enumerate() {
             if let Some(fd) = &s.fd {
                 fds.push(rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN));
-                which.push(Some(i));
+                which.push(Which::Stream(i));
             }
         }
         if exited.is_none()
             && let Some(fd) = &pidfd
         {
             fds.push(rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN));
-            which.push(None);
+            which.push(Which::Exit);
         }
-        if fds.is_empty() {
-            break;
+        let interest = hub.interest();
+        for (fd, flags, token) in &interest {
+            fds.push(rustix::event::PollFd::from_borrowed_fd(*fd, *flags));
+            which.push(Which::Hub(*token));
         }
         // Once the init has exited, its pid namespace is gone, so the pipes close at once;
         // a short timeout still bounds the drain if a process outside it holds one.
@@ -280,19 +375,35 @@ fn supervise(args: &RunArgs, mut started: Started) -> i32 {
         if n == 0 {
             break;
         }
-        let ready: Vec<(Option<usize>, bool)> = fds
+        let ready: Vec<(Which, rustix::event::PollFlags)> = fds
             .iter()
             .zip(&which)
-            .map(|(fd, w)| (*w, !fd.revents().is_empty()))
+            .filter(|(fd, _)| !fd.revents().is_empty())
+            .map(|(fd, w)| (*w, fd.revents()))
             .collect();
         drop(fds);
-        for (w, is_ready) in ready {
-            if !is_ready {
-                continue;
+        drop(interest);
+        // The hub first: output sent below may drop clients, which renumbers them.
+        for (w, events) in &ready {
+            if let Which::Hub(token) = w
+                && hub.ready(*token, *events)
+            {
+                break;
             }
+        }
+        for (w, _) in ready {
             match w {
-                Some(i) => streams[i].read(log.as_mut()),
-                None => exited = waitpid(started.pid, None).ok(),
+                Which::Stream(i) => {
+                    let kind = match streams[i].name {
+                        "stderr" => crate::attach::STDERR,
+                        _ => crate::attach::STDOUT,
+                    };
+                    if let Some(data) = streams[i].read(log.as_mut()) {
+                        hub.broadcast(kind, &data);
+                    }
+                }
+                Which::Exit => exited = waitpid(started.pid, None).ok(),
+                Which::Hub(_) => {}
             }
         }
         if pidfd.is_none() && exited.is_none() {
@@ -302,6 +413,7 @@ fn supervise(args: &RunArgs, mut started: Started) -> i32 {
     for s in &mut streams {
         s.flush(log.as_mut());
     }
+    hub.finish(std::time::Duration::from_secs(2));
     let status = match exited {
         Some(s) => s,
         None => waitpid(started.pid, None).unwrap_or(WaitStatus::StillAlive),
@@ -348,18 +460,20 @@ impl LogStream {
         }
     }
 
-    fn read(&mut self, log: Option<&mut File>) {
-        let Some(fd) = &mut self.fd else { return };
+    /// Reads what the container wrote, logs it, and returns it (None at the end). A
+    /// terminal's master reads EIO once the container's side is closed: also the end.
+    fn read(&mut self, log: Option<&mut File>) -> Option<Vec<u8>> {
+        let fd = self.fd.as_mut()?;
         let mut buf = [0u8; 16 * 1024];
         let n = match fd.read(&mut buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return None,
             Err(_) => 0,
         };
         if n == 0 {
             self.fd = None;
             self.flush(log);
-            return;
+            return None;
         }
         self.pending.extend_from_slice(&buf[..n]);
         let mut out = Vec::new();
@@ -374,6 +488,7 @@ impl LogStream {
         if let Some(log) = log {
             let _ = log.write_all(&out);
         }
+        Some(buf[..n].to_vec())
     }
 
     /// Writes what is left without a newline as a final record.

@@ -488,7 +488,7 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Spec, SpecError> {
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": inputs.container.tty.unwrap_or(false),
             "user": {"uid": uid, "gid": gid, "additionalGids": additional_gids},
             "args": args,
             "env": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),

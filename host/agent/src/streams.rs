@@ -1,4 +1,4 @@
-//! `kubectl exec` on the agent's endpoint, in both of kubectl's protocols
+//! `kubectl exec` and `kubectl attach` on the agent's endpoint, in both of kubectl's protocols
 //! (shared/reference/kubectl-wire.md §9.1): a WebSocket with subprotocol
 //! `v5.channel.k8s.io`, whose binary messages carry a channel byte (0 stdin, 1 stdout, 2
 //! stderr, 3 the final Status, 4 terminal resizes; `[255, 0]` closes stdin), and the SPDY
@@ -299,7 +299,19 @@ where
             }
         });
     }
-    let outcome = session.exit.await;
+    // A client that goes away hangs the session up (a terminal gets SIGHUP; an attach
+    // detaches), then the end is awaited as usual.
+    let hangup = session.hangup.take();
+    let mut exit = session.exit;
+    let outcome = tokio::select! {
+        outcome = &mut exit => outcome,
+        () = async { while incoming.recv().await.is_some() {} } => {
+            if let Some(hangup) = &hangup {
+                hangup();
+            }
+            exit.await
+        }
+    };
     for t in tasks {
         let _ = t.await;
     }
@@ -322,17 +334,59 @@ mod tests {
     use crate::runtime::{ContainerConfig, ContainerRuntime as _, FakeRuntime};
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    #[tokio::test]
-    async fn a_websocket_session_sends_the_output_then_the_status_then_closes() {
+    async fn running(id: &str) -> FakeRuntime {
         let runtime = FakeRuntime::default();
         runtime
             .start(ContainerConfig {
-                id: "c1".into(),
+                id: id.into(),
                 spec: Default::default(),
                 log_path: "/dev/null".into(),
+                stdin: true,
+                stdin_once: false,
             })
             .await
             .unwrap();
+        runtime
+    }
+
+    #[tokio::test]
+    async fn an_attached_client_types_sees_the_echo_and_ends_with_its_stdin() {
+        let runtime = running("c1").await;
+        let session = runtime.attach("c1", true).unwrap();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+        let options = ExecOptions {
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        };
+        tokio::spawn(serve_websocket(server, session, options));
+        client
+            .send(Message::Binary(Bytes::from_static(b"\x00hello\n")))
+            .await
+            .unwrap();
+        let echoed = client.next().await.unwrap().unwrap();
+        assert_eq!(echoed, Message::Binary(Bytes::from_static(b"\x01hello\n")));
+        // Closing stdin (v5's CLOSE of channel 0) ends the fake container's stream.
+        client
+            .send(Message::Binary(Bytes::from_static(&[255, 0])))
+            .await
+            .unwrap();
+        let status = client.next().await.unwrap().unwrap().into_data();
+        assert_eq!(status[0], 3);
+        let status: Value = serde_json::from_slice(&status[1..]).unwrap();
+        assert_eq!(status["status"], "Success");
+        assert!(matches!(client.next().await, Some(Ok(Message::Close(_)))));
+        assert_eq!(
+            runtime.calls().last(),
+            Some(&crate::runtime::Call::Attach("c1".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_websocket_session_sends_the_output_then_the_status_then_closes() {
+        let runtime = running("c1").await;
         runtime.script("false", &[2]);
         let command = vec!["false".to_owned(), "now".to_owned()];
         let session = runtime.exec("c1", command.clone(), false).unwrap();

@@ -170,6 +170,12 @@ impl ContainerRuntime for YoukiRuntime {
                 .and_then(|l| l.cgroups_path().clone())
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let tty = config
+                .spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.terminal())
+                .unwrap_or(false);
             let args = crate::shim::RunArgs {
                 id: config.id.clone(),
                 bundle: dir.clone(),
@@ -177,6 +183,9 @@ impl ContainerRuntime for YoukiRuntime {
                 dir: dir.clone(),
                 log: config.log_path.clone(),
                 cgroup,
+                stdin: config.stdin,
+                stdin_once: config.stdin_once,
+                tty,
             };
             let mut child = self.take_shim().map_err(RuntimeError::io(format!(
                 "starting the shim {}",
@@ -435,6 +444,19 @@ impl ContainerRuntime for YoukiRuntime {
             }
         });
         Ok(session)
+    }
+
+    fn attach(&self, id: &str, stdin: bool) -> Result<ExecSession, RuntimeError> {
+        let dir = self.container_dir(id);
+        if read_json::<ExitState>(&dir.join("exit.json")).is_some() {
+            return Err(RuntimeError::NotFound(id.to_owned()));
+        }
+        let tty = read_json::<serde_json::Value>(&dir.join("config.json"))
+            .and_then(|c| c.pointer("/process/terminal")?.as_bool())
+            .unwrap_or(false);
+        let stream = crate::attach::connect_in(&dir)
+            .map_err(RuntimeError::io(format!("attaching to container {id}")))?;
+        Ok(crate::attach::session(stream, stdin, tty))
     }
 
     fn list(&self) -> Result<Vec<Listed>, RuntimeError> {

@@ -3,8 +3,9 @@
 //! A verified client certificate names the user (CN) and groups (O), as in Kubernetes; a
 //! bearer token is looked up in the static token file (`token,user,uid,"group1,group2"`,
 //! kube-apiserver's `--token-auth-file` format). Everyone authenticated is also in
-//! `system:authenticated`. Requests with neither are anonymous, which only the health,
-//! version and metrics endpoints accept.
+//! `system:authenticated`. A bearer token of the bootstrap form (`<id>.<secret>`) not in
+//! the file is checked against its Secret in `kube-system` (see [`bootstrap_user`]).
+//! Requests with no credentials are anonymous; [`crate::authz`] says what they may read.
 
 use std::collections::HashMap;
 
@@ -27,6 +28,15 @@ impl User {
             groups.push("system:authenticated".into());
         }
         User { name, uid, groups }
+    }
+
+    /// The user of requests without credentials (where they are allowed at all).
+    pub fn anonymous() -> User {
+        User {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+        }
     }
 
     /// The identity of a verified client certificate (DER): CN is the user, each O a group.
@@ -120,6 +130,67 @@ impl Authenticator {
     }
 }
 
+pub use skiff_core::join::{BOOTSTRAPPERS, bootstrap_token_parts};
+
+/// The user of a bootstrap token, checked against its Secret (`kube-system/
+/// bootstrap-token-<id>`, type `bootstrap.kubernetes.io/token`) as kube-apiserver's
+/// bootstrap authenticator does: the secret matches, authentication is one of its usages,
+/// it has not expired and is not being deleted. The user is `system:bootstrap:<id>` in
+/// `system:bootstrappers` and the token's `auth-extra-groups`.
+pub fn bootstrap_user(
+    secret_obj: &serde_json::Value,
+    id: &str,
+    secret: &str,
+    now: jiff::Timestamp,
+) -> Option<User> {
+    use base64::Engine as _;
+    if secret_obj["type"] != "bootstrap.kubernetes.io/token"
+        || secret_obj.pointer("/metadata/deletionTimestamp").is_some()
+    {
+        return None;
+    }
+    let field = |key: &str| -> Option<String> {
+        let text = secret_obj.pointer(&format!("/data/{key}"))?.as_str()?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    };
+    // Compared without an early exit, so the time taken does not tell how much matched.
+    let stored = field("token-secret")?;
+    let same = stored.len() == secret.len()
+        && stored
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same
+        || field("token-id").as_deref() != Some(id)
+        || field("usage-bootstrap-authentication").as_deref() != Some("true")
+    {
+        return None;
+    }
+    if let Some(expiration) = field("expiration") {
+        match expiration.parse::<jiff::Timestamp>() {
+            Ok(at) if at > now => {}
+            _ => return None,
+        }
+    }
+    let mut groups = vec![BOOTSTRAPPERS.to_owned()];
+    for g in field("auth-extra-groups").unwrap_or_default().split(',') {
+        let g = g.trim();
+        // Only groups under system:bootstrappers: a token can't claim to be an admin.
+        if g.starts_with("system:bootstrappers:") && !groups.iter().any(|x| x == g) {
+            groups.push(g.to_owned());
+        }
+    }
+    Some(User::new(
+        format!("system:bootstrap:{id}"),
+        String::new(),
+        groups,
+    ))
+}
+
 /// Splits a CSV line with optional double-quoted fields.
 fn split_csv(line: &str) -> Vec<String> {
     let mut fields = vec![String::new()];
@@ -156,5 +227,45 @@ mod tests {
         assert_eq!(auth.authenticate(None, Some("Basic x")), Identity::Invalid);
         assert_eq!(auth.authenticate(None, None), Identity::Anonymous);
         assert!(Authenticator::with_token_file("onlytoken\n").is_err());
+    }
+
+    #[test]
+    fn bootstrap_tokens_authenticate_only_while_valid() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        assert_eq!(
+            bootstrap_token_parts("abcdef.0123456789abcdef"),
+            Some(("abcdef", "0123456789abcdef"))
+        );
+        assert_eq!(bootstrap_token_parts("ABCDEF.0123456789abcdef"), None);
+        assert_eq!(bootstrap_token_parts("abcdef.short"), None);
+        let secret = serde_json::json!({
+            "type": "bootstrap.kubernetes.io/token",
+            "metadata": {"name": "bootstrap-token-abcdef", "namespace": "kube-system"},
+            "data": {
+                "token-id": b64("abcdef"),
+                "token-secret": b64("0123456789abcdef"),
+                "usage-bootstrap-authentication": b64("true"),
+                "auth-extra-groups": b64("system:bootstrappers:skiff:nodes,system:masters"),
+                "expiration": b64("2030-01-01T00:00:00Z"),
+            },
+        });
+        let now: jiff::Timestamp = "2026-12-05T00:00:00Z".parse().unwrap();
+        let user = bootstrap_user(&secret, "abcdef", "0123456789abcdef", now).unwrap();
+        assert_eq!(user.name, "system:bootstrap:abcdef");
+        assert_eq!(
+            user.groups,
+            [
+                "system:bootstrappers",
+                "system:bootstrappers:skiff:nodes",
+                "system:authenticated"
+            ]
+        );
+        assert!(bootstrap_user(&secret, "abcdef", "0123456789abcdeX", now).is_none());
+        let later: jiff::Timestamp = "2030-01-02T00:00:00Z".parse().unwrap();
+        assert!(bootstrap_user(&secret, "abcdef", "0123456789abcdef", later).is_none());
+        let mut unusable = secret.clone();
+        unusable["data"]["usage-bootstrap-authentication"] = b64("false").into();
+        assert!(bootstrap_user(&unusable, "abcdef", "0123456789abcdef", now).is_none());
     }
 }

@@ -64,6 +64,11 @@ fn subresource_kind(def: &ResourceDef, sub: &Subresource) -> (Value, &'static [&
             json!({"group": "", "version": "v1", "kind": "PodPortForwardOptions"}),
             &["create", "get"],
         ),
+        Subresource::Attach => (
+            json!({"group": "", "version": "v1", "kind": "PodAttachOptions"}),
+            &["create", "get"],
+        ),
+        Subresource::Approval => (own, &["get", "patch", "update"]),
     }
 }
 

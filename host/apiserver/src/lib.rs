@@ -22,6 +22,7 @@
 //! ```
 
 pub mod authn;
+pub mod authz;
 mod bootstrap;
 mod crds;
 mod discovery;
@@ -188,6 +189,20 @@ impl ApiServer {
             .clone()
     }
 
+    /// The user of a bootstrap token, if its Secret checks out.
+    async fn bootstrap_user(&self, id: &str, secret: &str) -> Option<User> {
+        let registry = self.registry();
+        let def = registry.get("", "v1", "secrets")?;
+        let key = skiff_core::registry::object_key(
+            def,
+            Some("kube-system"),
+            &format!("bootstrap-token-{id}"),
+        );
+        let stored = self.store.get(&key).await.ok()??;
+        let value = rest::to_value(&stored).ok()?;
+        authn::bootstrap_user(&value, id, secret, jiff::Timestamp::now())
+    }
+
     /// The built-in schemas (generated on first use).
     fn schemas(&self) -> &Schemas {
         self.schemas
@@ -204,19 +219,34 @@ impl ApiServer {
             .headers()
             .get(::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let identity = self
+        let mut identity = self
             .config
             .authenticator
             .authenticate(conn.certificate_user.as_ref(), authorization);
-        let public = matches!(route, Route::Version | Route::Health | Route::Metrics);
+        if identity == authn::Identity::Invalid
+            && let Some((id, secret)) = authorization
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .and_then(|t| authn::bootstrap_token_parts(t.trim()))
+            && let Some(user) = self.bootstrap_user(id, secret).await
+        {
+            identity = authn::Identity::User(user);
+        }
         let user = match identity {
             authn::Identity::User(user) => Some(user),
-            authn::Identity::Anonymous if public => None,
+            authn::Identity::Anonymous if authz::anonymous_may(&route, &method) => None,
             authn::Identity::Anonymous | authn::Identity::Invalid => {
                 let err = ApiError::new(Reason::Unauthorized, "Unauthorized");
                 return http::error(&err);
             }
         };
+        if let Some(user) = &user {
+            let watch = skiff_core::query::parse(req.uri().query().unwrap_or_default())
+                .iter()
+                .any(|(k, v)| k == "watch" && (v == "true" || v == "1"));
+            if let Err(err) = authz::authorize(user, &route, &method, watch) {
+                return http::error(&err);
+            }
+        }
         let span = info_span!(
             "request",
             http.method = %method,
@@ -357,8 +387,8 @@ impl ApiServer {
                 openapi::document(self, &group, &version)
             }
             Route::Resource(path) => {
-                let user =
-                    user.ok_or_else(|| ApiError::new(Reason::Unauthorized, "Unauthorized"))?;
+                // Only what anonymous clients may read gets here without a user.
+                let user = user.unwrap_or_else(User::anonymous);
                 rest::handle(self, req, path, user).await
             }
             Route::NotFound => Err(ApiError::no_route()),

@@ -48,6 +48,19 @@ pub(crate) enum UpdateMode {
     Finalize,
     /// `pods/binding`: the node name and the scheduling condition change together.
     Binding,
+    /// `certificatesigningrequests/approval`: only the Approved and Denied conditions.
+    Approval,
+}
+
+impl UpdateMode {
+    /// The subresource managedFields name for writes in this mode.
+    pub(crate) fn subresource(self) -> Option<&'static str> {
+        match self {
+            UpdateMode::Status => Some("status"),
+            UpdateMode::Approval => Some("approval"),
+            _ => None,
+        }
+    }
 }
 
 /// The schema root to normalise objects of a resource against.
@@ -217,6 +230,29 @@ impl ApiServer {
                         }
                     }
                 }
+                if let Some(mf) = new.pointer("/metadata/managedFields") {
+                    result["metadata"]["managedFields"] = mf.clone();
+                }
+                if def.group == "certificates.k8s.io" {
+                    // The approval decision is only written through /approval.
+                    skiff_core::csr::keep_conditions(
+                        &mut result,
+                        old,
+                        skiff_core::csr::is_decision,
+                    );
+                }
+                result
+            }
+            UpdateMode::Approval => {
+                let mut result = old.clone();
+                result["status"]["conditions"] = new
+                    .pointer("/status/conditions")
+                    .cloned()
+                    .unwrap_or(json!([]));
+                // Everything but the decision (Failed, say) is written through /status.
+                skiff_core::csr::keep_conditions(&mut result, old, |c| {
+                    !skiff_core::csr::is_decision(c)
+                });
                 if let Some(mf) = new.pointer("/metadata/managedFields") {
                     result["metadata"]["managedFields"] = mf.clone();
                 }

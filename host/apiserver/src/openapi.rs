@@ -403,6 +403,7 @@ fn resource_paths(paths: &mut Map<String, Value>, def: &ResourceDef, kind_ref: &
             for sub in &def.subresources {
                 let (sub_ref, suffix) = match sub {
                     Subresource::Status => (kind_ref.clone(), "Status"),
+                    Subresource::Approval => (kind_ref.clone(), "Approval"),
                     Subresource::Scale(_) => {
                         (reference("io.k8s.api.autoscaling.v1.Scale"), "Scale")
                     }

@@ -240,7 +240,7 @@ async fn apply(ctx: &Ctx, body: &[u8], mode: UpdateMode) -> Result<Response<Body
     let writer = ssa::Writer {
         manager: &manager,
         api_version: &api_version,
-        subresource: (mode == UpdateMode::Status).then_some("status"),
+        subresource: mode.subresource(),
         now: &now,
     };
     let exists = ctx

@@ -195,6 +195,11 @@ impl Pki {
         Ok(pki)
     }
 
+    /// The CA's private key (PEM), for the certificate signer.
+    pub fn ca_key_pem(&self) -> &str {
+        &self.ca_key
+    }
+
     /// Issues a client certificate signed by the cluster CA (for agents and users).
     pub fn issue_client(
         &self,

@@ -1,7 +1,8 @@
 //! Pod subresources served by the node agent, proxied as kube-apiserver proxies them to
-//! the kubelet: `pods/log` now. The API server dials the agent's HTTPS endpoint (the
-//! Node's InternalIP and `daemonEndpoints.kubeletEndpoint.Port`), verifies it against the
-//! cluster CA and authenticates with its kubelet client certificate.
+//! the kubelet: `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`. The API
+//! server dials the agent's HTTPS endpoint (the Node's InternalIP and
+//! `daemonEndpoints.kubeletEndpoint.Port`), verifies it against the cluster CA and
+//! authenticates with its kubelet client certificate.
 
 use std::sync::Arc;
 
@@ -290,6 +291,17 @@ const UPGRADE_HEADERS: &[&str] = &[
 
 /// `pods/<name>/exec`: passed to the agent's `/exec/<ns>/<pod>/<container>`.
 pub(crate) async fn pod_exec(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    stdio_to_agent(ctx, "exec").await
+}
+
+/// `pods/<name>/attach`: passed to the agent's `/attach/<ns>/<pod>/<container>`.
+pub(crate) async fn pod_attach(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    stdio_to_agent(ctx, "attach").await
+}
+
+/// Exec and attach: the container's stdio streams at the agent's `/<kind>/...`, with the
+/// client's command (exec only) and stream choices.
+async fn stdio_to_agent(ctx: &Ctx, kind: &str) -> Result<Response<Body>, ApiError> {
     let pod = stored_pod(ctx).await?;
     let name = ctx.name();
     let container = pick_container(&pod, ctx.query.get("container"), name)?;
@@ -304,7 +316,7 @@ pub(crate) async fn pod_exec(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         }
     }
     let path = format!(
-        "/exec/{}/{}/{}?{}",
+        "/{kind}/{}/{}/{}?{}",
         ctx.namespace().unwrap_or_default(),
         name,
         container,

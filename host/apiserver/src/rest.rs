@@ -185,7 +185,7 @@ impl Ctx {
         ssa::Writer {
             manager,
             api_version,
-            subresource: (mode == UpdateMode::Status).then_some("status"),
+            subresource: mode.subresource(),
             now,
         }
     }
@@ -287,7 +287,7 @@ async fn dispatch(
                 list(&ctx).await
             }
         }
-        (&Method::GET, true, None | Some("status" | "finalize")) => {
+        (&Method::GET, true, None | Some("status" | "finalize" | "approval")) => {
             if ctx.path.watch_prefix {
                 return watch::serve_one(ctx).await;
             }
@@ -296,6 +296,9 @@ async fn dispatch(
         (&Method::GET, true, Some("scale")) => subresources::get_scale(&ctx).await,
         (&Method::GET, true, Some("log")) => crate::proxy::pod_log(&ctx).await,
         (&Method::GET | &Method::POST, true, Some("exec")) => crate::proxy::pod_exec(&ctx).await,
+        (&Method::GET | &Method::POST, true, Some("attach")) => {
+            crate::proxy::pod_attach(&ctx).await
+        }
         (&Method::GET | &Method::POST, true, Some("portforward")) => {
             crate::proxy::pod_port_forward(&ctx).await
         }
@@ -343,6 +346,7 @@ fn update_mode(sub: Option<&str>) -> Result<UpdateMode, ApiError> {
         None => Ok(UpdateMode::Main),
         Some("status") => Ok(UpdateMode::Status),
         Some("finalize") => Ok(UpdateMode::Finalize),
+        Some("approval") => Ok(UpdateMode::Approval),
         Some(_) => Err(ApiError::no_route()),
     }
 }
@@ -1001,6 +1005,9 @@ pub(crate) async fn create_object(
     if is_priority_class(ctx) {
         admit_priority_class(ctx, &obj).await?;
     }
+    if ctx.def.group == "certificates.k8s.io" {
+        requested_by(&ctx.user, &mut obj);
+    }
     let attempts = if has_name || generate.is_none() { 1 } else { 8 };
     let mut last_err = None;
     for _ in 0..attempts {
@@ -1075,6 +1082,23 @@ pub(crate) async fn create_object(
         }
     }
     Err(last_err.unwrap_or_else(|| ApiError::internal("create failed")))
+}
+
+/// A CertificateSigningRequest names who asked for it: the authenticated user, whatever
+/// the body says (signers and approvers trust these fields).
+fn requested_by(user: &User, obj: &mut Value) {
+    let spec = &mut obj["spec"];
+    spec["username"] = json!(user.name);
+    spec["groups"] = json!(user.groups);
+    match user.uid.as_str() {
+        "" => spec.as_object_mut().map(|s| s.remove("uid")),
+        uid => spec
+            .as_object_mut()
+            .map(|s| s.insert("uid".into(), json!(uid))),
+    };
+    if let Some(s) = spec.as_object_mut() {
+        s.remove("extra");
+    }
 }
 
 /// `PUT` an object (or its status or finalizers).

@@ -28,8 +28,10 @@
 pub mod cel;
 pub mod convert;
 pub mod crd;
+pub mod csr;
 pub mod defaults;
 pub mod fields;
+pub mod join;
 pub mod jsonpath;
 pub mod labels;
 pub mod names;

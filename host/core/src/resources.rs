@@ -10,9 +10,9 @@ use std::sync::Arc;
 use k8s_openapi::api::{
     apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
     autoscaling::v1 as autoscaling_v1, autoscaling::v2 as autoscaling, batch::v1 as batch,
-    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    events::v1 as events, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
-    storage::v1 as storage,
+    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, events::v1 as events, policy::v1 as policy, rbac::v1 as rbac,
+    scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use serde_json::Value;
@@ -64,6 +64,11 @@ pub enum Subresource {
     Exec,
     /// `pods/portforward`: connections to a pod's ports, streamed from the node agent.
     PortForward,
+    /// `pods/attach`: a running container's own stdio, streamed from the node agent.
+    Attach,
+    /// `certificatesigningrequests/approval`: writes only the Approved and Denied
+    /// conditions.
+    Approval,
 }
 
 impl Subresource {
@@ -78,6 +83,8 @@ impl Subresource {
             Subresource::Log => "log",
             Subresource::Exec => "exec",
             Subresource::PortForward => "portforward",
+            Subresource::Attach => "attach",
+            Subresource::Approval => "approval",
         }
     }
 }
@@ -292,7 +299,9 @@ fn scale(spec: &str, status: &str, selector: &str) -> Subresource {
 
 /// Every built-in resource, in discovery order.
 pub fn builtin_resources() -> Vec<ResourceDef> {
-    use Subresource::{Binding, Eviction, Exec, Finalize, Log, PortForward, Status};
+    use Subresource::{
+        Approval, Attach, Binding, Eviction, Exec, Finalize, Log, PortForward, Status,
+    };
     let replicas = || scale("/spec/replicas", "/status/replicas", "/spec/selector");
     let mut namespaces = builtin::<core::Namespace>(&["ns"], &[], vec![Status, Finalize]);
     namespaces.verbs = NO_COLLECTION_DELETE.iter().map(|s| (*s).into()).collect();
@@ -308,7 +317,7 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
         builtin::<core::Pod>(
             &["po"],
             &["all"],
-            vec![Status, Binding, Eviction, Log, Exec, PortForward],
+            vec![Status, Binding, Eviction, Log, Exec, Attach, PortForward],
         ),
         builtin::<core::ResourceQuota>(&["quota"], &[], vec![Status]),
         builtin::<core::Secret>(&[], &[], vec![]),
@@ -330,6 +339,7 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
         builtin::<autoscaling_v1::HorizontalPodAutoscaler>(&["hpa"], &["all"], vec![Status]),
         builtin::<batch::CronJob>(&["cj"], &["all"], vec![Status]),
         builtin::<batch::Job>(&[], &["all"], vec![Status]),
+        builtin::<certificates::CertificateSigningRequest>(&["csr"], &[], vec![Status, Approval]),
         builtin::<coordination::Lease>(&[], &[], vec![]),
         builtin::<discovery::EndpointSlice>(&[], &[], vec![]),
         builtin::<events::Event>(&["ev"], &[], vec![]),

@@ -783,6 +783,36 @@ fn printer(def: &ResourceDef) -> Option<(Vec<Column>, Cells)> {
             ],
             hpa_cells,
         ),
+        ("certificates.k8s.io", "certificatesigningrequests") => (
+            vec![
+                NAME,
+                AGE,
+                col("SignerName", "string", 0, "The name of the signer."),
+                col("Requestor", "string", 0, "The user who made the request."),
+                col(
+                    "RequestedDuration",
+                    "string",
+                    0,
+                    "The validity the request asked for.",
+                ),
+                col("Condition", "string", 0, "The state of the request."),
+            ],
+            |o, now| {
+                let duration = o
+                    .pointer("/spec/expirationSeconds")
+                    .and_then(Value::as_i64)
+                    .map(crate::time::human_duration)
+                    .unwrap_or_else(|| "<none>".into());
+                vec![
+                    name(o),
+                    age_of(o, now),
+                    s(o.pointer("/spec/signerName")).into(),
+                    s(o.pointer("/spec/username")).into(),
+                    duration.into(),
+                    csr_condition(o).into(),
+                ]
+            },
+        ),
         ("coordination.k8s.io", "leases") => (
             vec![
                 NAME,
@@ -1172,6 +1202,30 @@ fn age_of(o: &Value, now: Timestamp) -> Value {
         now,
     )
     .into()
+}
+
+/// A CSR's state as kubectl prints it: its True conditions joined (`Approved,Issued` once
+/// it has a certificate), or `Pending`.
+fn csr_condition(o: &Value) -> String {
+    let mut states: Vec<&str> = o
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c["status"] == "True")
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    if states.is_empty() {
+        states.push("Pending");
+    }
+    let issued = o
+        .pointer("/status/certificate")
+        .and_then(Value::as_str)
+        .is_some_and(|c| !c.is_empty());
+    if issued {
+        states.push("Issued");
+    }
+    states.join(",")
 }
 
 fn count(v: Option<&Value>) -> i64 {

@@ -165,6 +165,9 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Fiel
             );
         }
         ("autoscaling", "horizontalpodautoscalers") => hpa(obj, &mut errs),
+        ("certificates.k8s.io", "certificatesigningrequests") => {
+            crate::csr::validate(obj, old, &mut errs)
+        }
         _ => {}
     }
     if let Some(old) = old {

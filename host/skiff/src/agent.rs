@@ -42,9 +42,19 @@ pub struct AgentFlags {
 /// Flags of `skiff agent`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// The kubeconfig to reach the API with.
+    /// The API server to join (`https://host:6443`), with `--token`: the agent gets its own
+    /// client and serving certificates from the cluster and keeps them in
+    /// `<data-dir>/pki`.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The join token (`skiff server` writes it to `<its data dir>/join-token`). Needed to
+    /// join; later starts reuse the node's certificates.
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A kubeconfig to reach the API with instead of joining (then the serving certificate
+    /// comes from the `--tls-*` flags).
     #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
     /// Where images, pod directories and logs live.
     #[arg(long, default_value = "/var/lib/skiff/agent")]
     pub data_dir: PathBuf,
@@ -80,6 +90,7 @@ pub fn config(flags: &AgentFlags, data_dir: PathBuf) -> anyhow::Result<skiff_age
         capacity_cpu: machine.cpus,
         capacity_memory: machine.memory,
         tls: tls_files(flags)?,
+        serving_certificate_dir: None,
     })
 }
 
@@ -118,8 +129,29 @@ pub fn runtime(data_dir: &std::path::Path) -> anyhow::Result<skiff_agent::YoukiR
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = config(&args.flags, args.data_dir.clone())?;
-    let client = crate::scheduler::client(&args.kubeconfig).await?;
+    let mut config = config(&args.flags, args.data_dir.clone())?;
+    let client = match (&args.server, &args.kubeconfig) {
+        (Some(server), _) => {
+            let token = args
+                .token
+                .as_deref()
+                .map(skiff_core::join::JoinToken::parse)
+                .transpose()
+                .context("--token")?;
+            let dir = args.data_dir.join("pki");
+            let client = skiff_agent::join::client(server, token.as_ref(), &config.node_name, &dir)
+                .await
+                .with_context(|| format!("joining {server}"))?;
+            if config.tls.is_none() {
+                config.serving_certificate_dir = Some(dir);
+            }
+            client
+        }
+        (None, Some(kubeconfig)) => crate::scheduler::client(kubeconfig).await?,
+        (None, None) => {
+            anyhow::bail!("give --server and --token to join a cluster, or --kubeconfig")
+        }
+    };
     let runtime = runtime(&args.data_dir)?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

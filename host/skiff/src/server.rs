@@ -131,15 +131,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         server,
         shutdown.clone(),
     ));
+    let admin = crate::scheduler::client(&kubeconfig).await?;
+    tokio::spawn(skiff_controllers::csr::run(
+        admin.clone(),
+        skiff_controllers::csr::Signer::new(pki.ca_cert.clone(), pki.ca_key_pem().to_owned()),
+        shutdown.clone(),
+    ));
+    let join_token = join_token(&admin, &args.data_dir, &url, &pki.ca_cert)
+        .await
+        .context("publishing what nodes need to join")?;
     let scheduler = if args.disable_scheduler {
         None
     } else {
         // Plugins compile lazily; the engine itself is cheap to make.
         let (host, metrics) =
             crate::scheduler::parts(&args.data_dir.join("plugin-cache"), &extra_metrics)?;
-        let client = crate::scheduler::client(&kubeconfig).await?;
         Some(tokio::spawn(skiff_scheduler::run(
-            client,
+            admin.clone(),
             scheduler_config,
             host,
             metrics,
@@ -171,9 +179,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             });
         }
         let runtime = crate::agent::runtime(&data_dir)?;
-        let client = crate::scheduler::client(&kubeconfig).await?;
         Some(tokio::spawn(skiff_agent::run(
-            client,
+            admin.clone(),
             config,
             runtime,
             shutdown.clone(),
@@ -182,6 +189,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     info!(
         listen.address = %local,
         kubeconfig = %kubeconfig.display(),
+        join.token = %join_token.display(),
         startup.ms = started.elapsed().as_millis() as u64,
         "skiff server ready"
     );
@@ -197,6 +205,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     serving.await.context("the API server task failed")?;
     store.close();
     Ok(())
+}
+
+/// Publishes the `cluster-info` ConfigMap and makes sure the join token in
+/// `<data-dir>/join-token` is one the cluster accepts (a new one if it was revoked or the
+/// CA changed). Returns the token file's path.
+async fn join_token(
+    admin: &kube::Client,
+    data_dir: &std::path::Path,
+    url: &str,
+    ca_pem: &str,
+) -> anyhow::Result<PathBuf> {
+    use skiff_core::join::{JoinToken, ca_cert_hash};
+    skiff_controllers::bootstrap::publish_cluster_info(admin, url, ca_pem).await?;
+    let ca_hash = ca_cert_hash(ca_pem.as_bytes())?;
+    let path = data_dir.join("join-token");
+    let existing = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| JoinToken::parse(&t).ok())
+        .filter(|t| t.ca_hash == ca_hash)
+        .map(|t| (t.id, t.secret));
+    let (id, secret) = skiff_controllers::bootstrap::ensure_token(admin, existing).await?;
+    let token = JoinToken {
+        ca_hash,
+        id,
+        secret,
+    };
+    pki::write_private(&path, &format!("{}\n", token.to_text()))?;
+    Ok(path)
 }
 
 pub(crate) async fn wait_for_signal() {

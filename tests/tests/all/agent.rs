@@ -433,6 +433,91 @@ fn kubectl_exec_runs_commands_in_the_container_and_returns_their_exit_codes() {
     );
 }
 
+#[test]
+fn kubectl_attach_and_run_reach_a_containers_own_stdio() {
+    let s = setup();
+    let kubectl = s.cluster.kubectl();
+    // `kubectl run -i --rm`: the pod gets a stdin (stdinOnce), kubectl attaches to it,
+    // types, reads the answer and deletes the pod.
+    let run = kubectl.run_stdin(
+        &[
+            "run",
+            "asker",
+            "--image",
+            &s.image,
+            "--restart=Never",
+            "-i",
+            "--rm",
+            "--command",
+            "--",
+            "sh",
+            "-c",
+            "read name; echo hello $name",
+        ],
+        "skiff\n",
+    );
+    assert!(run.stdout.contains("hello skiff\n"), "{run:?}");
+    let gone = eventually(Duration::from_secs(30), || {
+        (kubectl.run(&["get", "pod", "asker"]).code != 0).then_some(())
+    });
+    assert!(gone.is_some(), "kubectl run --rm deletes the pod");
+    // Without stdin: the output from the moment of attaching until the container ends, in
+    // both of kubectl's protocols.
+    let spdy = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
+    for (name, env) in [("ticker", &[][..]), ("ticker-spdy", &spdy[..])] {
+        kubectl.apply(
+            &pod(
+                name,
+                &s.image,
+                "Never",
+                "sleep 2; for i in 1 2 3; do echo tick $i; sleep 0.3; done",
+                "",
+            ),
+            &[],
+        );
+        wait_pod(&kubectl, name, 60, |p| phase(p) == "Running");
+        let attached = kubectl.run_env(&["attach", name], env);
+        assert!(attached.stdout.contains("tick 3\n"), "{name}: {attached:?}");
+    }
+    // A terminal: an interactive shell, typed into through `kubectl attach -it` (script
+    // gives kubectl a pty); `exit` ends the container.
+    kubectl.apply(
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: term}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: main, image: {}, command: [sh], stdin: true, tty: true}}\n",
+            s.image
+        ),
+        &[],
+    );
+    wait_pod(&kubectl, "term", 60, |p| phase(p) == "Running");
+    let mut script = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "kubectl --kubeconfig {} attach -it term",
+                s.cluster.kubeconfig().display()
+            ),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = script.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    std::io::Write::write_all(&mut input, b"echo answer-$((6*7))\r").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    std::io::Write::write_all(&mut input, b"exit\r").unwrap();
+    let out = script.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("answer-42"), "{text}");
+    let done = wait_pod(&kubectl, "term", 30, |p| phase(p) == "Succeeded");
+    assert_eq!(
+        done["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+}
+
 fn condition(pod: &Value, kind: &str) -> String {
     pod["status"]["conditions"]
         .as_array()

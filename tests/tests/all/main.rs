@@ -5,6 +5,7 @@ mod agent;
 mod clients;
 mod crash;
 mod crds;
+mod join;
 mod kinds;
 mod kubectl;
 mod scheduler;

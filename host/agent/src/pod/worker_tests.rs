@@ -169,6 +169,7 @@ fn harness() -> Harness {
         capacity_cpu: 2,
         capacity_memory: 1 << 30,
         tls: None,
+        serving_certificate_dir: None,
     };
     let shared = Arc::new(Shared {
         recorder: crate::events::Recorder::new(client.clone(), "n1".into()),

@@ -74,6 +74,11 @@ pub(super) static KINDS: &[(&str, &str, &Message)] = &[
     ),
     ("batch/v1", "CronJob", &BATCH_V1_CRON_JOB),
     ("batch/v1", "Job", &BATCH_V1_JOB),
+    (
+        "certificates.k8s.io/v1",
+        "CertificateSigningRequest",
+        &CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST,
+    ),
     ("coordination.k8s.io/v1", "Lease", &COORDINATION_V1_LEASE),
     (
         "discovery.k8s.io/v1",
@@ -1819,6 +1824,74 @@ static BATCH_V1_UNCOUNTED_TERMINATED_PODS: Message = Message {
         Field(1, "succeeded", Str, Many),
         Field(2, "failed", Str, Many),
     ],
+};
+
+static CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST: Message = Message {
+    name: "io.k8s.api.certificates.v1.CertificateSigningRequest",
+    form: Object,
+    fields: &[
+        Field(1, "metadata", Msg(&META_V1_OBJECT_META), One),
+        Field(
+            2,
+            "spec",
+            Msg(&CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_SPEC),
+            One,
+        ),
+        Field(
+            3,
+            "status",
+            Msg(&CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_STATUS),
+            One,
+        ),
+    ],
+};
+
+static CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_CONDITION: Message = Message {
+    name: "io.k8s.api.certificates.v1.CertificateSigningRequestCondition",
+    form: Object,
+    fields: &[
+        Field(1, "type", Str, Keep),
+        Field(2, "reason", Str, One),
+        Field(3, "message", Str, One),
+        Field(4, "lastUpdateTime", Msg(&META_V1_TIME), One),
+        Field(5, "lastTransitionTime", Msg(&META_V1_TIME), One),
+        Field(6, "status", Str, Keep),
+    ],
+};
+
+static CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_SPEC: Message = Message {
+    name: "io.k8s.api.certificates.v1.CertificateSigningRequestSpec",
+    form: Object,
+    fields: &[
+        Field(1, "request", Bytes, Keep),
+        Field(2, "username", Str, One),
+        Field(3, "uid", Str, One),
+        Field(4, "groups", Str, Many),
+        Field(5, "usages", Str, Many),
+        Field(6, "extra", Msg(&CERTIFICATES_V1_EXTRA_VALUE), Map),
+        Field(7, "signerName", Str, Keep),
+        Field(8, "expirationSeconds", Int, Keep),
+    ],
+};
+
+static CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_STATUS: Message = Message {
+    name: "io.k8s.api.certificates.v1.CertificateSigningRequestStatus",
+    form: Object,
+    fields: &[
+        Field(
+            1,
+            "conditions",
+            Msg(&CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_CONDITION),
+            Many,
+        ),
+        Field(2, "certificate", Bytes, One),
+    ],
+};
+
+static CERTIFICATES_V1_EXTRA_VALUE: Message = Message {
+    name: "io.k8s.api.certificates.v1.ExtraValue",
+    form: StringList,
+    fields: &[],
 };
 
 static COORDINATION_V1_LEASE: Message = Message {

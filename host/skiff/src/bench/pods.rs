@@ -358,6 +358,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 id: id.clone(),
                 spec,
                 log_path: state.join(format!("{id}.log")),
+                stdin: false,
+                stdin_once: false,
             })
             .await?;
         let exit = runtime.wait(&id).await?;
