@@ -490,6 +490,7 @@ pub fn session(
             let _ = resize_tx.send((cols, rows));
         })),
         hangup: Some(Box::new(move || end.cancel())),
+        kill: None,
         exit: Box::pin(async move {
             let _ = done_rx.await;
             Ok(0)

@@ -473,8 +473,20 @@ fn names_of(pem: &[u8]) -> Option<(Vec<String>, Vec<String>)> {
     Some((dns, ips))
 }
 
-/// Accepts whatever certificate the server shows: only for reading `cluster-info`, whose
-/// CA is then checked against the token's pin before anything secret is sent.
+/// A TLS client configuration that accepts whatever certificate the server shows: for
+/// reading `cluster-info`, whose CA is then checked against the token's pin before
+/// anything secret is sent, and for HTTPS probes, which the kubelet doesn't verify either.
+pub(crate) fn unverified_tls() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_no_client_auth(),
+    ))
+}
+
 #[derive(Debug)]
 struct Unverified(Arc<rustls::crypto::CryptoProvider>);
 
@@ -542,16 +554,10 @@ async fn discover_ca(server: &str, token: &JoinToken) -> Result<String, JoinErro
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| failed(format!("dial tcp {host}:{port}: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| failed(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-        .with_no_client_auth();
+    let tls = unverified_tls().map_err(|e| failed(e.to_string()))?;
     let name =
         rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| failed(e.to_string()))?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+    let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
         .map_err(|e| failed(format!("TLS: {e}")))?;

@@ -1053,6 +1053,12 @@ impl<R: ContainerRuntime> Worker<R> {
     }
 
     fn make_sandbox(&self) -> Result<Sandbox, String> {
+        // The pod's cgroup first, as the kubelet makes it: its containers' go inside.
+        let limits = crate::spec::pod_limits(&self.pod).map_err(|e| e.to_string())?;
+        self.shared
+            .runtime
+            .configure_pod(&self.cgroup_parent(), &limits)
+            .map_err(|e| format!("configuring the pod's cgroup: {e}"))?;
         let dir = self.dir();
         let spec = self.pod.spec.clone().unwrap_or_default();
         let hostname = if self.host_network() {

@@ -2,7 +2,7 @@
 //! httpGet and tcpSocket (from inside the pod's network namespace, to its loopback, since
 //! pods have no routable address yet), with Kubernetes' defaults and thresholds.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -129,6 +129,7 @@ impl Handler {
                     .exec(&target.id, command.clone(), false)
                     .map_err(|e| e.to_string())?;
                 drop(session.stdin.take());
+                let kill = session.kill.take();
                 let mut out = session.stdout.take();
                 let read = async {
                     let mut buf = Vec::new();
@@ -138,7 +139,14 @@ impl Handler {
                     (buf, session.exit.await)
                 };
                 match tokio::time::timeout(timeout, read).await {
-                    Err(_) => Err(format!("command {command:?} timed out")),
+                    Err(_) => {
+                        // As the kubelet's runtimes do: a probe command that timed out is
+                        // killed, not left to pile up with the next ones.
+                        if let Some(kill) = kill {
+                            kill();
+                        }
+                        Err(format!("command {command:?} timed out"))
+                    }
                     Ok((_, Ok(0))) => Ok(()),
                     Ok((out, Ok(code))) => {
                         let out = String::from_utf8_lossy(&out).trim().to_owned();
@@ -158,22 +166,26 @@ impl Handler {
                 headers,
                 https,
             } => {
-                if *https {
-                    return Err("HTTPS probes are not supported by this agent yet".into());
-                }
                 let port = resolve_port(port, &target.ports)?;
-                let request =
-                    http_request(path, host.as_deref().unwrap_or("127.0.0.1"), port, headers);
+                let host = host.clone().unwrap_or_else(|| "127.0.0.1".into());
+                let request = http_request(path, &host, port, headers);
                 let netns = target.netns.clone();
+                let https = *https;
                 let answer = crate::sandbox::in_netns(netns, move || {
-                    let mut stream = connect(port, timeout)?;
+                    let stream = connect(port, timeout)?;
                     stream.set_read_timeout(Some(timeout)).ok();
-                    stream
-                        .write_all(request.as_bytes())
-                        .map_err(|e| e.to_string())?;
-                    let mut head = [0u8; 256];
-                    let n = stream.read(&mut head).map_err(|e| e.to_string())?;
-                    Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+                    stream.set_write_timeout(Some(timeout)).ok();
+                    if !https {
+                        return exchange(stream, &request);
+                    }
+                    // As the kubelet: TLS without verifying the certificate, the Host
+                    // header's name (if it is one) as the server name.
+                    let config = crate::join::unverified_tls().map_err(|e| e.to_string())?;
+                    let name = rustls::pki_types::ServerName::try_from(host)
+                        .unwrap_or_else(|_| std::net::IpAddr::from([127, 0, 0, 1]).into());
+                    let tls =
+                        rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+                    exchange(rustls::StreamOwned::new(tls, stream), &request)
                 })
                 .await?;
                 let code: u16 = answer
@@ -224,6 +236,16 @@ fn http_request(path: &str, host: &str, port: u16, headers: &[(String, String)])
     }
     req.push_str("Connection: close\r\n\r\n");
     req
+}
+
+/// Sends the request and reads the start of the answer.
+fn exchange(mut stream: impl Read + Write, request: &str) -> Result<String, String> {
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 256];
+    let n = stream.read(&mut head).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&head[..n]).into_owned())
 }
 
 fn connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
@@ -444,5 +466,54 @@ mod tests {
                 .unwrap_err()
                 .starts_with("dial tcp 127.0.0.1:")
         );
+    }
+
+    #[tokio::test]
+    async fn https_probes_skip_verification_as_the_kubelets_do() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["self-signed.example".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+                )
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(config).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = [0u8; 1024];
+            let n = tls.read(&mut buf).unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /ready HTTP/1.1\r\n"));
+            tls.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        });
+        let target = Target {
+            runtime: Arc::new(crate::runtime::FakeRuntime::default()),
+            id: "c".into(),
+            netns: None,
+            ports: vec![],
+        };
+        let https = Handler::Http {
+            port: IntOrString::Int(port as i32),
+            path: "/ready".into(),
+            host: None,
+            headers: vec![],
+            https: true,
+        };
+        assert_eq!(https.run(&target, Duration::from_secs(2)).await, Ok(()));
+        server.join().unwrap();
     }
 }

@@ -13,6 +13,7 @@ use libcontainer::oci_spec::runtime::Spec;
 use tokio::sync::watch;
 
 pub use crate::shim::ExitState as Exit;
+pub use crate::spec::PodLimits;
 
 /// Why a runtime call failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,8 @@ pub struct ExecSession {
     pub resize: Option<Box<dyn Fn(u16, u16) + Send + Sync>>,
     /// Hangs the terminal up (SIGHUP to its foreground processes), for a client that left.
     pub hangup: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Kills the process and whatever it started (an exec probe that timed out).
+    pub kill: Option<Box<dyn Fn() + Send + Sync>>,
     /// Resolves to the exit code, or why the process could not start.
     pub exit: BoxFuture<'static, Result<i32, RuntimeError>>,
 }
@@ -105,6 +108,7 @@ impl ExecSession {
             stderr: None,
             resize: None,
             hangup: None,
+            kill: None,
             exit: Box::pin(async move { Err(error) }),
         }
     }
@@ -160,6 +164,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// session's `exit` resolves when the container has ended (Ok(0)) or `hangup` was
     /// called.
     fn attach(&self, id: &str, stdin: bool) -> Result<ExecSession, RuntimeError>;
+    /// Creates (or updates) a pod's cgroup, the parent of its containers', with the pod's
+    /// own limits.
+    fn configure_pod(&self, cgroup: &str, limits: &PodLimits) -> Result<(), RuntimeError>;
 }
 
 /// One call a [`FakeRuntime`] saw.
@@ -175,6 +182,8 @@ pub enum Call {
     Exec(String, Vec<String>),
     /// `attach`.
     Attach(String),
+    /// `configure_pod` of this cgroup.
+    ConfigurePod(String, PodLimits),
 }
 
 #[derive(Default)]
@@ -279,8 +288,16 @@ impl ContainerRuntime for FakeRuntime {
             stderr: Some(Box::new(tokio::io::empty())),
             resize: None,
             hangup: None,
+            kill: None,
             exit: Box::pin(async move { Ok(code) }),
         })
+    }
+
+    fn configure_pod(&self, cgroup: &str, limits: &PodLimits) -> Result<(), RuntimeError> {
+        self.lock()
+            .calls
+            .push(Call::ConfigurePod(cgroup.to_owned(), *limits));
+        Ok(())
     }
 
     /// A fake attach echoes what it is sent on stdin to stdout, until stdin closes.
@@ -304,6 +321,7 @@ impl ContainerRuntime for FakeRuntime {
             stderr: None,
             resize: None,
             hangup: None,
+            kill: None,
             exit: Box::pin(async move {
                 let _ = done_rx.await;
                 Ok(0)

@@ -615,6 +615,9 @@ fn run_exec(args: &ExecArgs) -> ExecResult {
         Ok(pid) => pid,
         Err(e) => return failed(e.to_string()),
     };
+    // The process has a session of its own (libcontainer's setsid): the agent kills it by
+    // this PID when it must (an exec probe that timed out).
+    let _ = std::fs::write(args.result.with_extension("pid"), pid.as_raw().to_string());
     let code = loop {
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => break code,

@@ -234,6 +234,97 @@ pub fn bytes(q: &Quantity) -> Result<i64, SpecError> {
     parse(q).map(|q| q.value())
 }
 
+/// The CFS period of CPU limits, in microseconds (the kubelet's).
+pub const CPU_PERIOD: i64 = 100_000;
+
+/// What a container asks of its cgroup: CPU millicores requested (defaulting to the limit,
+/// as the API server defaults requests) and limited, and its memory limit in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Demands {
+    cpu_request: Option<i64>,
+    cpu_limit: Option<i64>,
+    memory_limit: Option<i64>,
+}
+
+impl Demands {
+    fn of(container: &Container) -> Result<Demands, SpecError> {
+        let res = container.resources.as_ref();
+        let request = |name: &str| res.and_then(|r| r.requests.as_ref()?.get(name));
+        let limit = |name: &str| res.and_then(|r| r.limits.as_ref()?.get(name));
+        Ok(Demands {
+            cpu_request: request("cpu")
+                .or_else(|| limit("cpu"))
+                .map(millicores)
+                .transpose()?,
+            cpu_limit: limit("cpu").map(millicores).transpose()?,
+            memory_limit: limit("memory").map(bytes).transpose()?,
+        })
+    }
+}
+
+/// cpu.shares for a CPU request (2, the least, without one).
+fn shares(millicores: Option<i64>) -> i64 {
+    millicores.map_or(2, |m| (m * 1024 / 1000).max(2))
+}
+
+/// The CFS quota of a CPU limit (at least 1 ms a period, as the kubelet's).
+fn quota(millicores: i64) -> i64 {
+    (millicores * CPU_PERIOD / 1000).max(1000)
+}
+
+/// The pod's own cgroup limits, as the kubelet sets them on the pod's cgroup: CPU shares
+/// for the pod's effective request, and a CPU quota and a memory limit only when every
+/// container has one. The effective figure is the larger of the app containers' sum and
+/// the largest init container's (init containers run alone, before the apps).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PodLimits {
+    /// cpu.shares (cgroup v1; cpu.weight is derived from it on v2).
+    pub cpu_shares: u64,
+    /// The CFS quota per [`CPU_PERIOD`], if the pod is CPU-limited.
+    pub cpu_quota: Option<i64>,
+    /// The memory limit in bytes, if the pod is memory-limited.
+    pub memory_limit: Option<i64>,
+}
+
+/// The pod's cgroup limits (see [`PodLimits`]).
+pub fn pod_limits(pod: &Pod) -> Result<PodLimits, SpecError> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let apps = spec
+        .containers
+        .iter()
+        .map(Demands::of)
+        .collect::<Result<Vec<_>, _>>()?;
+    let inits = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(Demands::of)
+        .collect::<Result<Vec<_>, _>>()?;
+    // Some(total) only when every container has the figure.
+    let all = |list: &[Demands], f: fn(&Demands) -> Option<i64>| -> Option<Vec<i64>> {
+        list.iter().map(f).collect()
+    };
+    let effective = |f: fn(&Demands) -> Option<i64>, needs_all: bool| -> Option<i64> {
+        let (sum, max) = if needs_all {
+            (
+                all(&apps, f)?.into_iter().sum::<i64>(),
+                all(&inits, f)?.into_iter().max().unwrap_or(0),
+            )
+        } else {
+            (
+                apps.iter().filter_map(f).sum::<i64>(),
+                inits.iter().filter_map(f).max().unwrap_or(0),
+            )
+        };
+        Some(sum.max(max)).filter(|v| *v > 0)
+    };
+    Ok(PodLimits {
+        cpu_shares: shares(effective(|d| d.cpu_request, false)) as u64,
+        cpu_quota: effective(|d| d.cpu_limit, true).map(quota),
+        memory_limit: effective(|d| d.memory_limit, true),
+    })
+}
+
 /// The uid and gid the container runs as, and its supplementary groups.
 fn user(inputs: &Inputs<'_>) -> Result<(u32, u32, Vec<u32>), SpecError> {
     let pod_sc = inputs
@@ -407,24 +498,15 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Spec, SpecError> {
     let mut resources = json!({
         "devices": [{"allow": privileged, "access": "rwm"}],
     });
-    let res = container.resources.as_ref();
-    let request = |name: &str| res.and_then(|r| r.requests.as_ref()?.get(name).cloned());
-    let limit = |name: &str| res.and_then(|r| r.limits.as_ref()?.get(name).cloned());
-    // Requests default to limits (as the API server's defaulting does).
-    let cpu_request = request("cpu").or_else(|| limit("cpu"));
-    let shares = match &cpu_request {
-        Some(q) => (millicores(q)? * 1024 / 1000).max(2),
-        None => 2,
-    };
-    let mut cpu = json!({"shares": shares});
-    if let Some(q) = limit("cpu") {
-        let period = 100_000i64;
-        cpu["quota"] = json!((millicores(&q)? * period / 1000).max(1000));
-        cpu["period"] = json!(period);
+    let demands = Demands::of(container)?;
+    let mut cpu = json!({"shares": shares(demands.cpu_request)});
+    if let Some(limit) = demands.cpu_limit {
+        cpu["quota"] = json!(quota(limit));
+        cpu["period"] = json!(CPU_PERIOD);
     }
     resources["cpu"] = cpu;
-    if let Some(q) = limit("memory") {
-        resources["memory"] = json!({"limit": bytes(&q)?});
+    if let Some(limit) = demands.memory_limit {
+        resources["memory"] = json!({"limit": limit});
     }
 
     let mut mounts = vec![
@@ -570,6 +652,45 @@ mod tests {
         assert_eq!(bytes(&q("1G")).unwrap(), 1_000_000_000);
         assert_eq!(bytes(&q("1000")).unwrap(), 1000);
         assert!(bytes(&q("lots")).is_err());
+    }
+
+    #[test]
+    fn pod_limits_sum_the_apps_and_cover_the_largest_init_container() {
+        let pod = |containers: Value, inits: Value| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "p"},
+                "spec": {"containers": containers, "initContainers": inits},
+            }))
+            .unwrap()
+        };
+        let limited = |cpu: &str, mem: &str| json!({"name": "c", "resources": {"limits": {"cpu": cpu, "memory": mem}}});
+        let two = pod(
+            json!([limited("500m", "64Mi"), limited("250m", "32Mi")]),
+            json!([limited("1", "16Mi")]),
+        );
+        assert_eq!(
+            pod_limits(&two).unwrap(),
+            PodLimits {
+                cpu_shares: 1024,
+                cpu_quota: Some(100_000),
+                memory_limit: Some(96 << 20),
+            }
+        );
+        // One container without limits: the pod has none, only shares for its requests.
+        let mixed = pod(
+            json!([limited("500m", "64Mi"), {"name": "free", "resources": {"requests": {"cpu": "250m"}}}]),
+            json!([]),
+        );
+        assert_eq!(
+            pod_limits(&mixed).unwrap(),
+            PodLimits {
+                cpu_shares: 768,
+                cpu_quota: None,
+                memory_limit: None,
+            }
+        );
+        let best_effort = pod(json!([{"name": "c"}]), json!([]));
+        assert_eq!(pod_limits(&best_effort).unwrap().cpu_shares, 2);
     }
 
     #[test]

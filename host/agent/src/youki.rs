@@ -12,8 +12,8 @@ use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
 use crate::runtime::{
-    ContainerConfig, ContainerRuntime, ContainerState, ExecSession, Exit, Listed, RuntimeError,
-    Started,
+    ContainerConfig, ContainerRuntime, ContainerState, ExecSession, Exit, Listed, PodLimits,
+    RuntimeError, Started,
 };
 use crate::shim::{ExitState, Ready, RunningState};
 
@@ -402,6 +402,7 @@ impl ContainerRuntime for YoukiRuntime {
                         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGHUP);
                     }
                 })),
+                kill: None,
                 exit: Box::pin(async { Ok(0) }),
             }
         } else {
@@ -414,6 +415,7 @@ impl ContainerRuntime for YoukiRuntime {
                 stderr: None,
                 resize: None,
                 hangup: None,
+                kill: None,
                 exit: Box::pin(async { Ok(0) }),
             }
         };
@@ -423,6 +425,23 @@ impl ContainerRuntime for YoukiRuntime {
         )))?;
         // The pty's slave end belongs to the shim now; ours closes with `cmd`.
         drop(cmd);
+        let pid_file = result.with_extension("pid");
+        let shim_pid = child.id();
+        session.kill = Some(Box::new(move || {
+            let kill = |pid: i32| {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            };
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
+                kill(pid);
+            }
+            if let Some(pid) = shim_pid {
+                kill(pid as i32);
+            }
+        }));
         if !tty {
             session.stdin = child.stdin.take().map(|s| Box::new(s) as _);
             session.stdout = child.stdout.take().map(|s| Box::new(s) as _);
@@ -432,6 +451,7 @@ impl ContainerRuntime for YoukiRuntime {
             let _ = child.wait().await;
             let outcome: Option<crate::shim::ExecResult> = read_json(&result);
             let _ = std::fs::remove_file(&result);
+            let _ = std::fs::remove_file(result.with_extension("pid"));
             match outcome {
                 Some(crate::shim::ExecResult {
                     exit_code: Some(code),
@@ -457,6 +477,11 @@ impl ContainerRuntime for YoukiRuntime {
         let stream = crate::attach::connect_in(&dir)
             .map_err(RuntimeError::io(format!("attaching to container {id}")))?;
         Ok(crate::attach::session(stream, stdin, tty))
+    }
+
+    fn configure_pod(&self, cgroup: &str, limits: &PodLimits) -> Result<(), RuntimeError> {
+        configure_cgroup(cgroup, limits)
+            .map_err(RuntimeError::io(format!("configuring the cgroup {cgroup}")))
     }
 
     fn list(&self) -> Result<Vec<Listed>, RuntimeError> {
@@ -488,6 +513,55 @@ async fn reap(children: &Mutex<HashMap<String, Child>>, id: &str) {
     if let Some(mut child) = child {
         let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     }
+}
+
+/// The cgroup filesystem's mount point.
+const CGROUP_FS: &str = "/sys/fs/cgroup";
+
+/// Creates a pod's cgroup and writes its limits, on a host with v1 hierarchies (cpu and
+/// memory) or a unified v2 hierarchy (whose controllers are enabled down to it).
+fn configure_cgroup(path: &str, limits: &PodLimits) -> std::io::Result<()> {
+    let root = Path::new(CGROUP_FS);
+    let rel = path.trim_start_matches('/');
+    let write = |file: PathBuf, value: String| {
+        std::fs::write(&file, value)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.display())))
+    };
+    let period = crate::spec::CPU_PERIOD;
+    if root.join("cgroup.controllers").exists() {
+        // v2: a controller works in a cgroup only if each ancestor delegates it.
+        let mut dir = root.to_path_buf();
+        for part in Path::new(rel).components() {
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+cpu +memory +pids");
+            dir.push(part);
+            std::fs::create_dir_all(&dir)?;
+        }
+        // runc's conversion of shares (2..262144) to a weight (1..10000).
+        let weight = 1 + (limits.cpu_shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
+        write(dir.join("cpu.weight"), weight.to_string())?;
+        let quota = limits.cpu_quota.map_or("max".to_owned(), |q| q.to_string());
+        write(dir.join("cpu.max"), format!("{quota} {period}"))?;
+        let memory = limits
+            .memory_limit
+            .map_or("max".to_owned(), |m| m.to_string());
+        write(dir.join("memory.max"), memory)?;
+        return Ok(());
+    }
+    let cpu = root.join("cpu").join(rel);
+    std::fs::create_dir_all(&cpu)?;
+    write(cpu.join("cpu.shares"), limits.cpu_shares.to_string())?;
+    write(cpu.join("cpu.cfs_period_us"), period.to_string())?;
+    write(
+        cpu.join("cpu.cfs_quota_us"),
+        limits.cpu_quota.unwrap_or(-1).to_string(),
+    )?;
+    let memory = root.join("memory").join(rel);
+    std::fs::create_dir_all(&memory)?;
+    write(
+        memory.join("memory.limit_in_bytes"),
+        limits.memory_limit.unwrap_or(-1).to_string(),
+    )?;
+    Ok(())
 }
 
 /// Removes a cgroup directory (a pod's, once its containers are gone) from every

@@ -208,6 +208,16 @@ fn a_memory_limit_gives_oom_killed() {
     assert_eq!(t["exitCode"], 137);
     // A memory limit alone (its request defaults to it) is Burstable: cpu has none.
     assert_eq!(done["status"]["qosClass"], "Burstable");
+    // The pod's own cgroup is limited too (its only container's limit), as the kubelet's.
+    let uid = done["metadata"]["uid"].as_str().unwrap();
+    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let file = if unified {
+        format!("/sys/fs/cgroup/skiff/pod{uid}/memory.max")
+    } else {
+        format!("/sys/fs/cgroup/memory/skiff/pod{uid}/memory.limit_in_bytes")
+    };
+    let limit = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    assert_eq!(limit.trim(), (16 << 20).to_string());
 }
 
 #[test]
@@ -597,6 +607,38 @@ fn probes_restart_unhealthy_containers_and_gate_readiness() {
         unready["status"]["containerStatuses"][0]["restartCount"], 0,
         "{unready:#}"
     );
+    // An exec probe that times out is killed, not left to pile up with the next ones.
+    kubectl.apply(
+        &pod(
+            "slow-probe",
+            &s.image,
+            "Always",
+            "exec sleep 1000",
+            "    readinessProbe: {exec: {command: [sleep, '30']}, periodSeconds: 1, timeoutSeconds: 1}\n",
+        ),
+        &[],
+    );
+    wait_pod(&kubectl, "slow-probe", 60, |p| phase(p) == "Running");
+    std::thread::sleep(Duration::from_secs(6));
+    let probes = kubectl.ok(&[
+        "exec",
+        "slow-probe",
+        "--",
+        "sh",
+        "-c",
+        "ps | grep -c '[s]leep 30'",
+    ]);
+    let count: u32 = probes.trim().parse().unwrap();
+    assert!(count <= 1, "{count} probe commands still run");
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=slow-probe",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(events.contains("timed out"), "{events}");
 }
 
 #[test]
