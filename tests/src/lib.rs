@@ -310,21 +310,37 @@ pub fn remove_containers(dir: &Path) {
 /// `/etc/passwd`, a `/www/index.html`) with umoci, and pushes it to `registry` as
 /// `<registry>/test/busybox:<tag>` with skopeo; returns the reference.
 pub fn push_busybox_image(registry: &TestRegistry, tag: &str) -> Result<String> {
+    let work = tempfile::tempdir()?;
+    let image = busybox_layout(work.path(), tag)?;
+    let reference = format!("{}/test/busybox:{tag}", registry.host);
+    run_tool(
+        Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{image}"))
+            .arg(format!("docker://{reference}")),
+    )?;
+    Ok(reference)
+}
+
+fn run_tool(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Builds the busybox image as an OCI image layout in `work` with umoci; returns
+/// `<layout>:<tag>` (what skopeo's `oci:` transport takes).
+pub fn busybox_layout(work: &Path, tag: &str) -> Result<String> {
     for tool in ["/usr/bin/busybox", "/usr/bin/umoci", "/usr/bin/skopeo"] {
         if !Path::new(tool).exists() {
             bail!("{tool} is missing: scripts/test.sh installs busybox-static, umoci and skopeo");
         }
     }
-    let work = tempfile::tempdir()?;
-    let layout = work.path().join("layout");
-    let bundle = work.path().join("bundle");
-    let run = |cmd: &mut Command| -> Result<()> {
-        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-        if !out.status.success() {
-            bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    };
+    let layout = work.join("layout");
+    let bundle = work.join("bundle");
+    let run = run_tool;
     let image = format!("{}:{tag}", layout.display());
     run(Command::new("umoci")
         .arg("init")
@@ -362,12 +378,7 @@ pub fn push_busybox_image(registry: &TestRegistry, tag: &str) -> Result<String> 
         .args(["config", "--image"])
         .arg(&image)
         .args(["--config.cmd", "/bin/sh", "--config.env", "PATH=/bin"]))?;
-    let reference = format!("{}/test/busybox:{tag}", registry.host);
-    run(Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("oci:{image}"))
-        .arg(format!("docker://{reference}")))?;
-    Ok(reference)
+    Ok(image)
 }
 
 /// The result of a kubectl run.

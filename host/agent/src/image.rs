@@ -128,15 +128,34 @@ impl ImageStore {
         })
     }
 
-    /// The image `reference` names, if the store has it.
+    /// The image `reference` names, if the store has it. One this process doesn't know yet
+    /// may have been imported by another (`skiff image import` beside a running agent).
     pub fn get(&self, reference: &str) -> Option<Image> {
         let reference = normalize(reference).ok()?;
+        if let Some(image) = self.lock().get(&reference) {
+            return Some(image.clone());
+        }
+        self.reload();
         self.lock().get(&reference).cloned()
     }
 
     /// Every image in the store.
     pub fn list(&self) -> Vec<Image> {
+        self.reload();
         self.lock().values().cloned().collect()
+    }
+
+    /// The images as `images.json` has them now.
+    fn read_index(&self) -> BTreeMap<String, Image> {
+        std::fs::read(self.dir.join("images.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn reload(&self) {
+        let on_disk = self.read_index();
+        self.lock().extend(on_disk);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Image>> {
@@ -212,13 +231,28 @@ impl ImageStore {
         Ok(image)
     }
 
+    /// Records an image in `images.json`. Other processes (an import beside the agent)
+    /// write it too: under an exclusive lock the file is read again, so nobody's image is
+    /// lost.
     fn remember(&self, image: Image) -> Result<(), ImageError> {
-        let mut images = self.lock();
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("images.lock"))
+            .map_err(io("opening images.lock"))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io("locking images.lock")(e.into()))?;
+        let mut images = self.read_index();
         images.insert(image.reference.clone(), image);
-        let bytes = serde_json::to_vec_pretty(&*images).expect("images serialize");
-        let tmp = self.dir.join("images.json.tmp");
+        let bytes = serde_json::to_vec_pretty(&images).expect("images serialize");
+        let tmp = self
+            .dir
+            .join(format!("images.json.{}.tmp", std::process::id()));
         std::fs::write(&tmp, bytes).map_err(io("writing images.json"))?;
-        std::fs::rename(&tmp, self.dir.join("images.json")).map_err(io("writing images.json"))
+        std::fs::rename(&tmp, self.dir.join("images.json")).map_err(io("writing images.json"))?;
+        *self.lock() = images;
+        Ok(())
     }
 
     /// Unpacks a stored layer blob into its directory, once.
@@ -466,17 +500,12 @@ impl ImageStore {
         .map_err(|e| ImageError::Invalid(format!("manifest.json: {e}")))?;
         let mut out = Vec::new();
         for entry in manifest.as_array().into_iter().flatten() {
-            let rel = entry["Config"].as_str().unwrap_or_default();
-            let path = safe_join(root, Path::new(rel))?.ok_or_else(|| {
-                ImageError::Invalid(format!("config path {rel:?} passes a symlink"))
-            })?;
-            let config = std::fs::read(path).map_err(io("reading the image config"))?;
+            let config = archive_file(root, entry["Config"].as_str().unwrap_or_default())?;
             let id = self.store_blob(&config)?;
             let mut layers = Vec::new();
             let mut size = 0;
             for layer in entry["Layers"].as_array().into_iter().flatten() {
-                let bytes = std::fs::read(root.join(layer.as_str().unwrap_or_default()))
-                    .map_err(io("reading a layer"))?;
+                let bytes = archive_file(root, layer.as_str().unwrap_or_default())?;
                 size += bytes.len() as u64;
                 let digest = self.store_blob(&bytes)?;
                 let media_type = if bytes.starts_with(&[0x1f, 0x8b]) {
@@ -665,6 +694,17 @@ fn remove_any(path: &Path) {
 
 /// `dest/rel`, refusing paths that leave `dest`; `None` when a directory on the way is a
 /// symlink (which the std calls would follow out of `dest`).
+/// A file a `docker save` archive's manifest names, read only if it is inside the
+/// archive: no `..`, no symlinks on the way or at the end.
+fn archive_file(root: &Path, rel: &str) -> Result<Vec<u8>, ImageError> {
+    let outside = || ImageError::Invalid(format!("{rel:?} is not a file inside the archive"));
+    let path = safe_join(root, Path::new(rel))?.ok_or_else(outside)?;
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(outside());
+    }
+    std::fs::read(&path).map_err(io(format!("reading {rel}")))
+}
+
 fn safe_join(dest: &Path, rel: &Path) -> Result<Option<PathBuf>, ImageError> {
     let mut out = dest.to_owned();
     for part in rel.components() {

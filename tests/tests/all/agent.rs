@@ -746,3 +746,93 @@ fn kubectl_port_forward_reaches_a_busybox_httpd() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn images_imported_offline_run_with_pull_policy_never() {
+    // No registry: the images come as a `docker save` archive and an OCI layout archive,
+    // both written by skopeo, and are imported beside the running agent.
+    let cluster = TestCluster::start_with_agent(&[]).unwrap();
+    let kubectl = cluster.kubectl();
+    let work = tempfile::tempdir().unwrap();
+    let layout = skiff_tests::busybox_layout(work.path(), "v1").unwrap();
+    let docker_save = work.path().join("docker-save.tar");
+    let oci_archive = work.path().join("oci.tar");
+    for (destination, name) in [
+        (
+            format!(
+                "docker-archive:{}:example.com/offline/busybox:v1",
+                docker_save.display()
+            ),
+            "docker",
+        ),
+        (
+            format!(
+                "oci-archive:{}:example.com/offline/busybox:v2",
+                oci_archive.display()
+            ),
+            "oci",
+        ),
+    ] {
+        let out = std::process::Command::new("skopeo")
+            .args(["copy", &format!("oci:{layout}"), &destination])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+    }
+    let data_dir = cluster.dir.path().join("agent");
+    let skiff = |args: &[&str]| {
+        let out = std::process::Command::new(skiff_tests::skiff_binary())
+            .arg("image")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let imported = skiff(&["import", docker_save.to_str().unwrap()]);
+    assert!(
+        imported.contains("imported example.com/offline/busybox:v1"),
+        "{imported}"
+    );
+    let imported = skiff(&["import", oci_archive.to_str().unwrap()]);
+    assert!(
+        imported.contains("imported example.com/offline/busybox:v2"),
+        "{imported}"
+    );
+    let listed = skiff(&["ls"]);
+    for tag in ["v1", "v2"] {
+        assert!(
+            listed.contains(&format!("example.com/offline/busybox:{tag}")),
+            "{listed}"
+        );
+    }
+    for tag in ["v1", "v2"] {
+        kubectl.apply(
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: offline-{tag}}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: main, image: 'example.com/offline/busybox:{tag}', imagePullPolicy: Never, command: [sh, -c, 'echo offline {tag}']}}\n"
+            ),
+            &[],
+        );
+    }
+    for tag in ["v1", "v2"] {
+        let name = format!("offline-{tag}");
+        wait_pod(&kubectl, &name, 60, |p| phase(p) == "Succeeded");
+        assert_eq!(kubectl.ok(&["logs", &name]), format!("offline {tag}\n"));
+    }
+    // An image that is not there, with pullPolicy Never, is ErrImageNeverPull.
+    kubectl.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: missing}\nspec:\n  containers:\n  - {name: main, image: 'example.com/offline/busybox:v3', imagePullPolicy: Never}\n",
+        &[],
+    );
+    let waiting = wait_pod(&kubectl, "missing", 60, |p| {
+        p.pointer("/status/containerStatuses/0/state/waiting/reason")
+            .is_some()
+    });
+    assert_eq!(
+        waiting["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "ErrImageNeverPull",
+        "{waiting:#}"
+    );
+}
