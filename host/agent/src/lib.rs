@@ -22,6 +22,7 @@ pub mod spdy;
 pub mod spec;
 pub mod status;
 pub mod streams;
+pub mod trim;
 pub mod youki;
 
 use std::collections::HashMap;
@@ -70,6 +71,9 @@ pub struct AgentConfig {
     pub tls: Option<server::ServerTls>,
     /// Where [`join`] keeps the node's credentials: set when the agent joined a cluster.
     pub serving_certificate_dir: Option<PathBuf>,
+    /// Unmap the executable's start-up pages once the first pod list is in (see [`trim`]):
+    /// for an agent process of its own, not one inside `skiff server`.
+    pub trim_startup_pages: bool,
 }
 
 /// Why the agent stopped.
@@ -325,6 +329,7 @@ async fn manage<R: ContainerRuntime>(shared: Arc<Shared<R>>, client: kube::Clien
     let mut stream = watcher(api, config).boxed();
     let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
     let mut listed: Option<Vec<String>> = None;
+    let mut trimmed = false;
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(e) => e,
@@ -371,6 +376,10 @@ async fn manage<R: ContainerRuntime>(shared: Arc<Shared<R>>, client: kube::Clien
                     keep
                 });
                 orphans(&shared, &seen);
+                if shared.config.trim_startup_pages && !trimmed {
+                    trimmed = true;
+                    trim::trim_startup_pages();
+                }
             }
         }
     }

@@ -11,7 +11,9 @@
 //!
 //! The agent learns the outcome of the start from one JSON line on the shim's stdout
 //! (`{"pid":N}` or `{"error":"..."}`), and of the container from `state.json` and
-//! `exit.json` in the container's directory.
+//! `exit.json` in the container's directory. The shim's stdout ends once `exit.json` is
+//! written, which the agent that started it waits for (an agent that re-adopted the shim
+//! watches its process instead).
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
@@ -95,6 +97,9 @@ pub fn spare() -> ! {
     if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
         std::process::exit(0);
     }
+    // Started at the lowest priority (see `YoukiRuntime::spawn_spare`); the container
+    // inherits ours, so back to the normal one.
+    let _ = rustix::process::setpriority_process(None, 0);
     let args: RunArgs = match serde_json::from_str(&line) {
         Ok(a) => a,
         Err(e) => {
@@ -171,10 +176,8 @@ pub fn run(args: RunArgs) -> ! {
                 serde_json::to_string(&ready).unwrap_or_default()
             );
             let _ = ready_out.flush();
-            // The agent reads one line; closing our end lets it see EOF if it reads more.
-            if let Ok(null) = File::options().write(true).open("/dev/null") {
-                let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1);
-            }
+            // Stdout stays open until the exit is recorded: its EOF tells the agent that
+            // started us, sooner than our own exit would.
             let code = supervise(&args, started);
             std::process::exit(code)
         }
@@ -433,7 +436,12 @@ fn supervise(args: &RunArgs, mut started: Started) -> i32 {
     if let Err(e) = started.container.delete(true) {
         eprintln!("deleting container {}: {e}", args.id);
     }
-    if let Err(e) = write_json(&args.dir.join("exit.json"), &exit) {
+    let written = write_json(&args.dir.join("exit.json"), &exit);
+    // The agent that started us waits for stdout's end (see `run`).
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1);
+    }
+    if let Err(e) = written {
         eprintln!("writing exit.json: {e}");
         return 1;
     }

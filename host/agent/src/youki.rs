@@ -76,13 +76,21 @@ impl YoukiRuntime {
     }
 
     fn spawn_spare(shim: &Path) -> std::io::Result<Child> {
-        Command::new(shim)
+        let child = Command::new(shim)
             .arg("shim")
             .arg("spare")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .spawn()
+            .spawn()?;
+        // A spare's start-up (the loader's relocations, mostly) runs beside a container
+        // that is starting or exiting: at the lowest priority it doesn't slow that down.
+        // It takes the normal priority back once it has a container (`shim::spare`).
+        let _ = rustix::process::setpriority_process(
+            Some(rustix::process::Pid::from_child(&child)),
+            19,
+        );
+        Ok(child)
     }
 
     /// A shim for the next container: the spare if it is alive, else a new one.
@@ -200,12 +208,14 @@ impl ContainerRuntime for YoukiRuntime {
             let stdout = child.stdout.take().expect("piped");
             let read = tokio::task::spawn_blocking(move || {
                 let mut line = String::new();
-                std::io::BufReader::new(stdout)
+                let mut reader = std::io::BufReader::new(stdout);
+                // Nothing follows the line until the end, so nothing is left buffered.
+                reader
                     .read_line(&mut line)
-                    .map(|_| line)
+                    .map(|_| (line, reader.into_inner()))
             });
             // libcontainer can hang (a stuck mount); the pod worker must not.
-            let line = match tokio::time::timeout(START_TIMEOUT, read).await {
+            let (line, stdout) = match tokio::time::timeout(START_TIMEOUT, read).await {
                 Ok(line) => line
                     .map_err(|e| RuntimeError::Start(format!("waiting for the shim: {e}")))?
                     .map_err(RuntimeError::io("reading the shim's answer"))?,
@@ -233,6 +243,7 @@ impl ContainerRuntime for YoukiRuntime {
                     let started_at = read_json::<RunningState>(&dir.join("state.json"))
                         .map(|s| s.started_at)
                         .unwrap_or_else(jiff::Timestamp::now);
+                    child.stdout = Some(stdout);
                     self.children
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -257,6 +268,27 @@ impl ContainerRuntime for YoukiRuntime {
             if let Some(exit) = read_json::<ExitState>(&dir.join("exit.json")) {
                 reap(&children, &id).await;
                 return Ok(exit);
+            }
+            // A shim this runtime started ends its stdout once the exit is recorded.
+            let done = children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&id)
+                .and_then(|c| c.stdout.take());
+            if let Some(done) = done
+                && let Ok(mut done) = tokio::net::unix::pipe::Receiver::from_owned_fd(
+                    std::os::fd::OwnedFd::from(done),
+                )
+            {
+                let mut buf = [0u8; 64];
+                while matches!(tokio::io::AsyncReadExt::read(&mut done, &mut buf).await, Ok(n) if n > 0)
+                {
+                }
+                if let Some(exit) = read_json::<ExitState>(&dir.join("exit.json")) {
+                    // The shim is on its way out: reaped without holding up the caller.
+                    tokio::spawn(async move { reap(&children, &id).await });
+                    return Ok(exit);
+                }
             }
             let Some(state) = state else {
                 return Err(RuntimeError::NotFound(id));

@@ -91,6 +91,7 @@ pub fn config(flags: &AgentFlags, data_dir: PathBuf) -> anyhow::Result<skiff_age
         capacity_memory: machine.memory,
         tls: tls_files(flags)?,
         serving_certificate_dir: None,
+        trim_startup_pages: false,
     })
 }
 
@@ -130,6 +131,8 @@ pub fn runtime(data_dir: &std::path::Path) -> anyhow::Result<skiff_agent::YoukiR
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = config(&args.flags, args.data_dir.clone())?;
+    // A process of its own: what only start-up ran need not stay resident.
+    config.trim_startup_pages = true;
     let client = match (&args.server, &args.kubeconfig) {
         (Some(server), _) => {
             let token = args

@@ -170,6 +170,7 @@ fn harness() -> Harness {
         capacity_memory: 1 << 30,
         tls: None,
         serving_certificate_dir: None,
+        trim_startup_pages: false,
     };
     let shared = Arc::new(Shared {
         recorder: crate::events::Recorder::new(client.clone(), "n1".into()),
