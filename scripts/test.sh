@@ -31,3 +31,12 @@ rustup target add wasm32-wasip2
 # The end-to-end tests drive the real binary.
 cargo build --locked -p skiff
 cargo test --locked --workspace "$@"
+
+# A full run also runs the node agent's end-to-end tests on a pure cgroup v2 host (a qemu
+# guest booted with cgroup_no_v1=all): these machines have v1 hierarchies.
+if [ $# -eq 0 ]; then
+    # The end-to-end test binary just built (same features, so nothing is rebuilt).
+    binary=$(cargo test --locked --workspace --no-run --message-format=json 2>/dev/null \
+        | grep '"name":"all"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+    ./scripts/v2-host.sh "$binary"
+fi

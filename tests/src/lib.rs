@@ -438,6 +438,16 @@ impl Kubectl {
         Run::from(cmd.output().expect("kubectl runs"))
     }
 
+    /// Starts kubectl with `env` extra environment variables, its output piped, without
+    /// waiting for it.
+    pub fn spawn_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().expect("kubectl runs")
+    }
+
     /// Runs kubectl.
     pub fn run(&self, args: &[&str]) -> Run {
         self.run_env(args, &[])

@@ -30,7 +30,7 @@ use k8s_openapi::api::certificates::v1::{
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
-use skiff_core::join::JoinToken;
+use skiff_core::join::{Credential, JoinToken, kubeconfig};
 use tracing::info;
 
 use crate::server::ServerTls;
@@ -151,37 +151,6 @@ impl Files {
             serving_key: dir.join("serving.key"),
         }
     }
-}
-
-/// A kubeconfig for `server` with the cluster CA and either a bearer token or a client
-/// certificate.
-fn kubeconfig(server: &str, ca_pem: &str, user: &str, credentials: &Credential<'_>) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let user_lines = match credentials {
-        Credential::Token(token) => format!("    token: {token}\n"),
-        Credential::Certificate { cert_pem, key_pem } => format!(
-            "    client-certificate-data: {}\n    client-key-data: {}\n",
-            b64(cert_pem),
-            b64(key_pem)
-        ),
-    };
-    format!(
-        "apiVersion: v1\n\
-         kind: Config\n\
-         clusters:\n\
-         - name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
-         users:\n\
-         - name: {user}\n  user:\n{user_lines}\
-         contexts:\n\
-         - name: skiff\n  context:\n    cluster: skiff\n    user: {user}\n\
-         current-context: skiff\n",
-        ca = b64(ca_pem),
-    )
-}
-
-enum Credential<'a> {
-    Token(&'a str),
-    Certificate { cert_pem: &'a str, key_pem: &'a str },
 }
 
 async fn client_from(path: &Path, yaml: &str) -> Result<kube::Client, JoinError> {

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+pub use skiff_core::join::{BOOTSTRAPPERS, bootstrap_token_parts};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// An authenticated user.
@@ -129,8 +130,6 @@ impl Authenticator {
         }
     }
 }
-
-pub use skiff_core::join::{BOOTSTRAPPERS, bootstrap_token_parts};
 
 /// The user of a bootstrap token, checked against its Secret (`kube-system/
 /// bootstrap-token-<id>`, type `bootstrap.kubernetes.io/token`) as kube-apiserver's

@@ -8,11 +8,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use skiff_core::join::{Credential, kubeconfig};
 
 /// A PKI operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -265,8 +265,10 @@ impl Pki {
             server,
             &self.ca_cert,
             "skiff-admin",
-            &self.admin_cert,
-            &self.admin_key,
+            &Credential::Certificate {
+                cert_pem: &self.admin_cert,
+                key_pem: &self.admin_key,
+            },
         )
     }
 }
@@ -280,27 +282,6 @@ enum Leaf<'a> {
         common_name: &'a str,
         organizations: &'a [&'a str],
     },
-}
-
-/// A kubeconfig with one cluster, one user authenticated by a client certificate, and one
-/// context named `skiff`.
-pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, cert_pem: &str, key_pem: &str) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    format!(
-        "apiVersion: v1\n\
-         kind: Config\n\
-         clusters:\n\
-         - name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
-         users:\n\
-         - name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\n\
-         contexts:\n\
-         - name: skiff\n  context:\n    cluster: skiff\n    user: {user}\n    namespace: default\n\
-         current-context: skiff\n\
-         preferences: {{}}\n",
-        ca = b64(ca_pem),
-        cert = b64(cert_pem),
-        key = b64(key_pem),
-    )
 }
 
 /// Writes a file readable only by its owner (a kubeconfig holds a private key).

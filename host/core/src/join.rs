@@ -100,6 +100,47 @@ pub fn ca_cert_hash(ca_pem: &[u8]) -> Result<String, JoinError> {
     Ok(format!("sha256:{hex}"))
 }
 
+/// How a kubeconfig's user proves who it is.
+pub enum Credential<'a> {
+    /// A bearer token.
+    Token(&'a str),
+    /// A client certificate and its key.
+    Certificate {
+        /// The certificate, PEM.
+        cert_pem: &'a str,
+        /// Its private key, PEM.
+        key_pem: &'a str,
+    },
+}
+
+/// A kubeconfig with one cluster (`server`, verified against `ca_pem`), one user and one
+/// context, named `skiff`, in the `default` namespace.
+pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, credential: &Credential<'_>) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let user_lines = match credential {
+        Credential::Token(token) => format!("    token: {token}\n"),
+        Credential::Certificate { cert_pem, key_pem } => format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(cert_pem),
+            b64(key_pem)
+        ),
+    };
+    format!(
+        "apiVersion: v1\n\
+         kind: Config\n\
+         clusters:\n\
+         - name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+         users:\n\
+         - name: {user}\n  user:\n{user_lines}\
+         contexts:\n\
+         - name: skiff\n  context:\n    cluster: skiff\n    user: {user}\n    namespace: default\n\
+         current-context: skiff\n\
+         preferences: {{}}\n",
+        ca = b64(ca_pem),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! test and pushed to a real registry on loopback, pods applied with kubectl and run by
 //! youki's libcontainer, their output read back with `kubectl logs`.
 
+use std::io::{BufRead as _, Read as _};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -471,8 +472,8 @@ fn kubectl_attach_and_run_reach_a_containers_own_stdio() {
         (kubectl.run(&["get", "pod", "asker"]).code != 0).then_some(())
     });
     assert!(gone.is_some(), "kubectl run --rm deletes the pod");
-    // Without stdin: the output from the moment of attaching until the container ends, in
-    // both of kubectl's protocols.
+    // Without stdin: the output from the moment of attaching, live, until the container
+    // ends (it ticks until told to stop), in both of kubectl's protocols.
     let spdy = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
     for (name, env) in [("ticker", &[][..]), ("ticker-spdy", &spdy[..])] {
         kubectl.apply(
@@ -480,14 +481,24 @@ fn kubectl_attach_and_run_reach_a_containers_own_stdio() {
                 name,
                 &s.image,
                 "Never",
-                "sleep 2; for i in 1 2 3; do echo tick $i; sleep 0.3; done",
+                "until [ -f /tmp/stop ]; do echo tick; sleep 0.3; done; echo stopped",
                 "",
             ),
             &[],
         );
         wait_pod(&kubectl, name, 60, |p| phase(p) == "Running");
-        let attached = kubectl.run_env(&["attach", name], env);
-        assert!(attached.stdout.contains("tick 3\n"), "{name}: {attached:?}");
+        let mut attach = kubectl.spawn_env(&["attach", name], env);
+        let mut stdout = std::io::BufReader::new(attach.stdout.take().expect("piped"));
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        kubectl.ok(&["exec", name, "--", "touch", "/tmp/stop"]);
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).unwrap();
+        let finished = attach.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&finished.stderr);
+        assert_eq!(first, "tick\n", "{name}: {stderr}");
+        assert!(rest.ends_with("stopped\n"), "{name}: {rest:?} {stderr}");
+        assert!(finished.status.success(), "{name}: {stderr}");
     }
     // A terminal: an interactive shell, typed into through `kubectl attach -it` (script
     // gives kubectl a pty); `exit` ends the container.
@@ -626,10 +637,12 @@ fn probes_restart_unhealthy_containers_and_gate_readiness() {
         "--",
         "sh",
         "-c",
-        "ps | grep -c '[s]leep 30'",
+        "ps | grep -c '[s]leep 30' || true",
     ]);
+    // Left alive, six or more would run by now; at most the current probe and the one being
+    // killed may overlap (on a slow, emulated host the kill can land after the next start).
     let count: u32 = probes.trim().parse().unwrap();
-    assert!(count <= 1, "{count} probe commands still run");
+    assert!(count <= 2, "{count} probe commands still run");
     let events = kubectl.ok(&[
         "get",
         "events",
@@ -665,7 +678,6 @@ fn graceful_delete_runs_the_prestop_hook_first() {
     );
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        use std::io::Read as _;
         if let Ok((mut conn, _)) = listener.accept() {
             let mut got = String::new();
             let _ = conn.read_to_string(&mut got);
@@ -681,7 +693,7 @@ fn graceful_delete_runs_the_prestop_hook_first() {
 
 /// GET `path` from `127.0.0.1:port` over plain HTTP/1.0; the whole answer.
 fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    use std::io::{Read as _, Write as _};
+    use std::io::Write as _;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
@@ -712,22 +724,18 @@ fn kubectl_port_forward_reaches_a_busybox_httpd() {
             .local_addr()
             .unwrap()
             .port();
-        let mut child = std::process::Command::new("kubectl")
-            .env("KUBECONFIG", s.cluster.kubeconfig())
-            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
-            .args([
+        let mut child = kubectl.spawn_env(
+            &[
                 "port-forward",
                 "pod/web",
                 &format!("{local}:8080"),
                 "--address",
                 "127.0.0.1",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            ],
+            &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)],
+        );
         let stdout = child.stdout.take().unwrap();
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let mut lines = std::io::BufReader::new(stdout).lines();
         let first = lines.next().unwrap().unwrap();
         assert!(
             first.starts_with(&format!("Forwarding from 127.0.0.1:{local} -> 8080")),
