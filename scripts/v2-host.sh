@@ -54,7 +54,10 @@ cat > "$initrd/init" <<'EOF'
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 # The script to run is named on the kernel command line (read before /proc moves).
 for arg in $(cat /proc/cmdline); do
-    case $arg in skiff.script=*) script=${arg#skiff.script=} ;; esac
+    case $arg in
+        skiff.script=*) script=${arg#skiff.script=} ;;
+        skiff.keep=*) keep="$keep ${arg#skiff.keep=}" ;;
+    esac
 done
 [ -n "$script" ] || { echo "V2-EXIT=no-script"; poweroff -f; }
 for pass in 1 2; do
@@ -70,6 +73,12 @@ mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w /
     || { echo "V2-EXIT=mount-overlay"; poweroff -f; }
 # Where the tests write: plain tmpfs (an overlay upper can't be on an overlay).
 for d in tmp run var/lib; do mount -t tmpfs tmpfs /newroot/$d; done
+# The repository and the build, if they live under one of those, are bound back.
+for k in $keep; do
+    case $k in
+        /tmp/*|/run/*|/var/lib/*) mkdir -p /newroot$k; mount --bind /lower$k /newroot$k ;;
+    esac
+done
 mount --move /dev /newroot/dev; mount --move /proc /newroot/proc; mount --move /sys /newroot/sys
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts -o ptmxmode=0666,newinstance
@@ -90,10 +99,16 @@ cd $repo/tests
 TMPDIR=/tmp HOME=/tmp $binary --test-threads 2 $filters
 EOF
 
+# What the guest must see where the host has it (the paths have no spaces: kernel arguments).
+keep=""
+for path in "$repo" "$(realpath "$work")" "$(dirname "$binary")"; do
+    keep="$keep skiff.keep=$path"
+done
+
 log=$work/guest.log
 timeout 900 qemu-system-x86_64 -accel tcg -cpu max -m 4096 -smp 2 -nographic -no-reboot \
     -kernel "$work/kernel/vmlinuz" -initrd "$work/initrd.gz" \
-    -append "console=ttyS0 cgroup_no_v1=all quiet panic=-1 skiff.script=$script" \
+    -append "console=ttyS0 cgroup_no_v1=all quiet panic=-1 skiff.script=$script $keep" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -nic none > "$log" 2>&1 || true
 grep -E "^cgroup controllers|^test |^test result|panicked|V2-EXIT" "$log" | sed 's/\x1b\[[0-9;]*m//g' || true
