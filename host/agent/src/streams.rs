@@ -193,7 +193,22 @@ pub async fn serve_websocket<S>(
         .await;
     drop(tx);
     let _ = writer.await;
+    // The close handshake: the client answers our Close with its own. Dropping the socket
+    // before then, with its input (keystrokes, resizes) unread, makes the kernel reset the
+    // connection, and a reset can overtake the status and Close still in flight to the
+    // client, which then sees an abnormal closure (1006).
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        while let Some(Ok(m)) = incoming.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
+
+/// How long a finished session waits for the client's half of the close handshake.
+const CLOSE_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The SPDY stream protocol version chosen for exec: v4 (v5 only adds a WebSocket close
 /// signal), as the kubelet does for SPDY clients.

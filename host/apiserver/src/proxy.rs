@@ -394,14 +394,64 @@ async fn upgrade_to_agent(ctx: &Ctx, pod: &Value, path: &str) -> Result<Response
                 return;
             }
         };
-        let mut client_io = TokioIo::new(client_io);
-        let mut agent_io = TokioIo::new(agent_io);
-        let _ = tokio::io::copy_bidirectional(&mut client_io, &mut agent_io).await;
+        splice(TokioIo::new(client_io), TokioIo::new(agent_io)).await;
     });
     Ok(answer
         .body(BodyExt::boxed(http_body_util::Empty::<Bytes>::new()))
         .expect("a valid response"))
 }
+
+/// Copies bytes both ways between an upgraded client and the agent until the agent's side
+/// ends, then lets the client finish within a grace period. Unlike
+/// `tokio::io::copy_bidirectional`, a failure in one direction (the agent already gone
+/// while the client still types) does not abandon what the other still carries: the
+/// agent's last frames (an exec's status and close) reach the client, every write is
+/// flushed at once (both sides are TLS streams that buffer), and each direction's end is
+/// passed on as a half-close.
+async fn splice<C, A>(client: C, agent: A)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    async fn pipe<R, W>(mut from: R, mut to: W) -> std::io::Result<()>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        let copied = async {
+            loop {
+                let n = from.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                to.write_all(&buf[..n]).await?;
+                to.flush().await?;
+            }
+        }
+        .await;
+        let _ = to.shutdown().await;
+        copied
+    }
+    let (client_read, client_write) = tokio::io::split(client);
+    let (agent_read, agent_write) = tokio::io::split(agent);
+    let mut upstream = tokio::spawn(pipe(client_read, agent_write));
+    if let Err(e) = pipe(agent_read, client_write).await {
+        debug!(error = %e, "the agent's side of an upgraded stream ended");
+    }
+    // The client was told the stream ended; it closes its side soon after.
+    if tokio::time::timeout(UPGRADE_CLOSE_GRACE, &mut upstream)
+        .await
+        .is_err()
+    {
+        debug!("an upgraded client did not close in time");
+        upstream.abort();
+    }
+}
+
+/// How long an upgraded client may keep its side open after the agent's side ended.
+const UPGRADE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -413,4 +463,40 @@ fn urlencode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The agent writes its last frames and goes away while the client is still sending:
+    /// the client gets every byte and then the end, instead of the input's failure
+    /// cutting off the output.
+    #[tokio::test]
+    async fn an_agent_that_leaves_mid_input_still_delivers_its_last_bytes() {
+        let (mut client, client_side) = tokio::io::duplex(64);
+        let (agent_side, mut agent) = tokio::io::duplex(64);
+        let proxy = tokio::spawn(splice(client_side, agent_side));
+        client.write_all(b"keystrokes").await.unwrap();
+        let mut got = [0u8; 10];
+        agent.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"keystrokes");
+        // The client keeps typing (until its input fails) while it reads; the agent
+        // writes its end and drops the stream without reading that input.
+        let (mut read, mut write) = tokio::io::split(client);
+        let typing =
+            tokio::spawn(async move { while write.write_all(&[b'x'; 32]).await.is_ok() {} });
+        let reading = tokio::spawn(async move {
+            let mut out = Vec::new();
+            read.read_to_end(&mut out).await.unwrap();
+            out
+        });
+        let last = "s".repeat(1000);
+        agent.write_all(last.as_bytes()).await.unwrap();
+        drop(agent);
+        assert_eq!(String::from_utf8(reading.await.unwrap()).unwrap(), last);
+        typing.await.unwrap();
+        proxy.await.unwrap();
+    }
 }
