@@ -93,13 +93,17 @@ pub fn process_start(pid: i32) -> Option<u64> {
 /// a process to exec. It reads its [`RunArgs`] as one JSON line on stdin, then is `skiff
 /// shim run`. If the agent goes away first, stdin ends and so does the spare.
 pub fn spare() -> ! {
+    // One-time work done while waiting: the procfs handle libcontainer (and the processes
+    // it forks for the container) resolves /proc through is opened once per process and
+    // cached, so it is opened here rather than inside a container's start.
+    let _ = pathrs::procfs::ProcfsHandle::new();
     let mut line = String::new();
     if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
         std::process::exit(0);
     }
-    // Started at the lowest priority (see `YoukiRuntime::spawn_spare`); the container
-    // inherits ours, so back to the normal one.
-    let _ = rustix::process::setpriority_process(None, 0);
+    // Started in the idle scheduling class (see `YoukiRuntime::refill_spare`); the
+    // container inherits ours, so back to the normal one.
+    idle_class(false);
     let args: RunArgs = match serde_json::from_str(&line) {
         Ok(a) => a,
         Err(e) => {
@@ -120,6 +124,24 @@ pub fn spare() -> ! {
         let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
     }
     run(args)
+}
+
+/// Moves the calling thread into the idle scheduling class (`SCHED_IDLE`: it runs only
+/// when nothing else wants the CPU) or back to the normal one; processes it starts
+/// inherit the class.
+pub fn idle_class(idle: bool) {
+    let param = libc::sched_param { sched_priority: 0 };
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    // SAFETY: a plain system call on the calling thread (pid 0) with a valid parameter.
+    #[expect(
+        unsafe_code,
+        reason = "sched_setscheduler has no safe wrapper in nix or rustix"
+    )]
+    let _ = unsafe { libc::sched_setscheduler(0, policy, &param) };
 }
 
 /// What `exit.json` holds once the container has exited.

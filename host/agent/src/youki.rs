@@ -83,13 +83,6 @@ impl YoukiRuntime {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
-        // A spare's start-up (the loader's relocations, mostly) runs beside a container
-        // that is starting or exiting: at the lowest priority it doesn't slow that down.
-        // It takes the normal priority back once it has a container (`shim::spare`).
-        let _ = rustix::process::setpriority_process(
-            Some(rustix::process::Pid::from_child(&child)),
-            19,
-        );
         Ok(child)
     }
 
@@ -117,6 +110,12 @@ impl YoukiRuntime {
         let path = self.config.shim.clone();
         let slot = self.spare.clone();
         std::thread::spawn(move || {
+            // A spare's start-up (the loader's relocations, mostly) runs beside a
+            // container that is starting or exiting. Spawned from an idle-class thread, it
+            // is idle-class from its first instruction, so any other task that wakes takes
+            // the CPU from it at once (a low nice value alone still lets it finish its
+            // slice first). It leaves the class once it has a container (`shim::spare`).
+            crate::shim::idle_class(true);
             while slot.lock().unwrap_or_else(|p| p.into_inner()).len() < SPARES {
                 match Self::spawn_spare(&path) {
                     Ok(next) => slot
