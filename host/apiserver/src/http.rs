@@ -63,6 +63,18 @@ pub enum Output {
     Json,
     /// A `meta.k8s.io/v1` Table.
     Table,
+    /// Only the objects' metadata: `PartialObjectMetadata` (and `…List`), what client-go's
+    /// and kube's metadata informers ask for.
+    Metadata,
+}
+
+/// An object reduced to its metadata, as `PartialObjectMetadata` in `meta.k8s.io/v1`.
+pub fn partial_metadata(object: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or_default(),
+    })
 }
 
 /// One media range of an Accept header: type and parameters.
@@ -104,6 +116,16 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
             && param(params, "g") == Some("meta.k8s.io")
         {
             return Ok(Output::Table);
+        }
+        if media == "application/json"
+            && matches!(
+                param(params, "as"),
+                Some("PartialObjectMetadata" | "PartialObjectMetadataList")
+            )
+            && param(params, "g") == Some("meta.k8s.io")
+            && matches!(param(params, "v"), Some("v1" | "v1beta1") | None)
+        {
+            return Ok(Output::Metadata);
         }
         let plain = param(params, "as").is_none();
         if plain
@@ -211,6 +233,28 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(http::header::ACCEPT, HeaderValue::from_str(accept).unwrap());
         h
+    }
+
+    #[test]
+    fn metadata_only_is_what_metadata_informers_ask_for() {
+        // kube's metadata_watcher (lists and watches alike) and client-go's metadata client.
+        for accept in [
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+            "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
+        ] {
+            assert_eq!(
+                negotiate(&headers(accept)).unwrap(),
+                Output::Metadata,
+                "{accept}"
+            );
+        }
+        let object =
+            serde_json::json!({"kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}});
+        assert_eq!(
+            partial_metadata(&object),
+            serde_json::json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": {"name": "a"}})
+        );
     }
 
     #[test]

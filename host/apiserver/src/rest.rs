@@ -665,6 +665,10 @@ async fn get(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         .ok_or_else(|| ctx.not_found())?;
     match http::negotiate(&ctx.headers)? {
         Output::Json => ctx.respond(StatusCode::OK, &stored),
+        Output::Metadata => Ok(http::json(
+            StatusCode::OK,
+            &http::partial_metadata(&ctx.value(&stored)?),
+        )),
         Output::Table => {
             let value = ctx.value(&stored)?;
             let table = skiff_core::table::to_table(
@@ -914,6 +918,26 @@ async fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             }
             body.extend_from_slice(b"]}");
             Ok(http::respond(StatusCode::OK, http::JSON, Bytes::from(body)))
+        }
+        Output::Metadata => {
+            let mut meta = json!({"resourceVersion": page.revision.to_string()});
+            if let Some(token) = &page.continue_token {
+                meta["continue"] = json!(token);
+            }
+            let items = page
+                .items
+                .iter()
+                .map(|item| Ok(http::partial_metadata(&ctx.value(item)?)))
+                .collect::<Result<Vec<_>, ApiError>>()?;
+            Ok(http::json(
+                StatusCode::OK,
+                &json!({
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": meta,
+                    "items": items,
+                }),
+            ))
         }
         Output::Table => {
             let values = page

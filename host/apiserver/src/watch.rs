@@ -54,6 +54,9 @@ impl Encoder {
                 line.extend_from_slice(b"}\n");
                 Bytes::from(line)
             }
+            Output::Metadata => {
+                line(&json!({"type": kind, "object": http::partial_metadata(object)}))
+            }
             Output::Table => {
                 let rv = object
                     .pointer("/metadata/resourceVersion")
@@ -243,7 +246,7 @@ pub(crate) async fn serve(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let mut resp = Response::new(StreamBody::new(stream).boxed());
     *resp.status_mut() = StatusCode::OK;
     let content_type = match output {
-        Output::Json => http::JSON,
+        Output::Json | Output::Metadata => http::JSON,
         Output::Table => http::TABLE,
     };
     resp.headers_mut().insert(

@@ -4,16 +4,158 @@
 //! - [`csr`]: approves node agents' CertificateSigningRequests that prove who they are,
 //!   and signs approved requests with the cluster CA (kube's csrapproving and
 //!   csrsigning controllers).
+//! - [`gc`]: the garbage collector: deletes objects whose owners are gone and carries out
+//!   foreground and orphan deletion.
+//! - [`namespace`]: deletes a deleted namespace's content, then the namespace.
+//! - [`serviceaccount`]: a `default` ServiceAccount in every namespace.
 //! - [`bootstrap`]: what nodes need to join: a bootstrap token and the public
 //!   `cluster-info` ConfigMap (kubeadm's bootstrap-token phase).
 //!
+//! [`run`] starts the ones a [`Selection`] (kube-controller-manager's `--controllers`)
+//! enables:
+//!
 //! ```no_run
 //! # async fn demo(client: kube::Client, ca_cert_pem: String, ca_key_pem: String) {
+//! let selection: skiff_controllers::Selection = "*,-serviceaccount-controller".parse().unwrap();
 //! let signer = skiff_controllers::csr::Signer::new(ca_cert_pem, ca_key_pem);
 //! let shutdown = tokio_util::sync::CancellationToken::new();
-//! skiff_controllers::csr::run(client, signer, shutdown).await;
+//! skiff_controllers::run(client, &selection, Some(signer), shutdown).await;
 //! # }
 //! ```
 
 pub mod bootstrap;
 pub mod csr;
+pub mod gc;
+pub mod namespace;
+pub mod serviceaccount;
+
+use futures::future::BoxFuture;
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Every controller, by the name kube-controller-manager's `--controllers` flag uses, with
+/// the older short names it still accepts.
+pub const CONTROLLERS: &[(&str, &[&str])] = &[
+    (
+        CSR_SIGNING,
+        &[
+            "csrsigning",
+            "certificatesigningrequest-approving-controller",
+            "csrapproving",
+        ],
+    ),
+    ("garbage-collector-controller", &["garbagecollector"]),
+    ("namespace-controller", &["namespace"]),
+    ("serviceaccount-controller", &["serviceaccount"]),
+];
+
+/// The certificate controller (approval and signing in one), which needs the CA's key.
+const CSR_SIGNING: &str = "certificatesigningrequest-signing-controller";
+
+/// Which controllers run, from a `--controllers` value: a comma-separated list of names,
+/// `*` for all, `-name` to leave one out (`*,-namespace-controller`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    enabled: Vec<&'static str>,
+}
+
+/// A `--controllers` value that names no controller.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("unknown controller {0:?} (known: {known})", known = CONTROLLERS.iter().map(|c| c.0).collect::<Vec<_>>().join(", "))]
+pub struct UnknownController(pub String);
+
+impl Default for Selection {
+    fn default() -> Self {
+        Selection {
+            enabled: CONTROLLERS.iter().map(|c| c.0).collect(),
+        }
+    }
+}
+
+impl std::str::FromStr for Selection {
+    type Err = UnknownController;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let canonical = |name: &str| {
+            CONTROLLERS
+                .iter()
+                .find(|(c, aliases)| *c == name || aliases.contains(&name))
+                .map(|c| c.0)
+                .ok_or_else(|| UnknownController(name.to_owned()))
+        };
+        let mut all = false;
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item.strip_prefix('-') {
+                _ if item == "*" => all = true,
+                Some(name) => off.push(canonical(name)?),
+                None => on.push(canonical(item)?),
+            }
+        }
+        let enabled = CONTROLLERS
+            .iter()
+            .map(|c| c.0)
+            .filter(|c| (all || on.contains(c)) && !off.contains(c))
+            .collect();
+        Ok(Selection { enabled })
+    }
+}
+
+impl Selection {
+    /// Whether the controller named (canonically) `name` runs.
+    pub fn enabled(&self, name: &str) -> bool {
+        self.enabled.contains(&name)
+    }
+}
+
+/// Runs the selected controllers until `shutdown`. The certificate controller runs only
+/// with a `signer` (the cluster CA).
+pub async fn run(
+    client: Client,
+    selection: &Selection,
+    signer: Option<csr::Signer>,
+    shutdown: CancellationToken,
+) {
+    let mut running: Vec<BoxFuture<'static, ()>> = Vec::new();
+    for name in &selection.enabled {
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        match *name {
+            CSR_SIGNING => match signer.clone() {
+                Some(signer) => running.push(Box::pin(csr::run(client, signer, shutdown))),
+                None => {
+                    warn!("{CSR_SIGNING} needs the cluster CA's certificate and key; not started");
+                    continue;
+                }
+            },
+            "garbage-collector-controller" => running.push(Box::pin(gc::run(client, shutdown))),
+            "namespace-controller" => running.push(Box::pin(namespace::run(client, shutdown))),
+            "serviceaccount-controller" => {
+                running.push(Box::pin(serviceaccount::run(client, shutdown)))
+            }
+            other => unreachable!("{other} is in CONTROLLERS but has no runner"),
+        }
+        info!(controller = name, "started");
+    }
+    futures::future::join_all(running).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controllers_are_selected_as_kube_controller_manager_selects_them() {
+        let all: Selection = "*".parse().unwrap();
+        assert_eq!(all, Selection::default());
+        let but: Selection = "*,-namespace".parse().unwrap();
+        assert!(!but.enabled("namespace-controller"));
+        assert!(but.enabled("serviceaccount-controller"));
+        let only: Selection = "serviceaccount-controller".parse().unwrap();
+        assert_eq!(only.enabled, vec!["serviceaccount-controller"]);
+        assert_eq!(
+            "*,-nope".parse::<Selection>(),
+            Err(UnknownController("nope".into()))
+        );
+    }
+}

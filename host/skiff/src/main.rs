@@ -2,6 +2,7 @@
 
 mod agent;
 mod bench;
+mod controllers;
 mod plugin;
 mod scheduler;
 mod server;
@@ -30,6 +31,8 @@ enum Command {
     Scheduler(scheduler::Args),
     /// Tools for plugin authors (push a component to a registry).
     Plugin(plugin::Args),
+    /// Run the controllers on their own, against a cluster's API.
+    ControllerManager(controllers::Args),
     /// Run the node agent on its own, against a cluster's API.
     Agent(agent::Args),
     /// The agent's image store: import images for offline machines, list them.
@@ -78,6 +81,7 @@ fn main() -> anyhow::Result<()> {
             Command::Scheduler(args) => scheduler::run(args).await,
             Command::Plugin(args) => plugin::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::ControllerManager(args) => controllers::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Shim(_) | Command::Image(_) => unreachable!("handled before the runtime"),
         }

@@ -47,6 +47,10 @@ pub struct Args {
     pub disable_agent: bool,
     #[command(flatten)]
     pub agent: crate::agent::AgentFlags,
+    /// The controllers the server runs: `*` for all, names to pick, `-name` to leave one
+    /// out, as kube-controller-manager's flag.
+    #[arg(long, default_value = "*")]
+    pub controllers: skiff_controllers::Selection,
 }
 
 pub(crate) fn hostname() -> Option<String> {
@@ -132,11 +136,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let admin = crate::scheduler::client(&kubeconfig).await?;
-    tokio::spawn(skiff_controllers::csr::run(
-        admin.clone(),
-        skiff_controllers::csr::Signer::new(pki.ca_cert.clone(), pki.ca_key_pem().to_owned()),
-        shutdown.clone(),
-    ));
+    let signer =
+        skiff_controllers::csr::Signer::new(pki.ca_cert.clone(), pki.ca_key_pem().to_owned());
+    let controllers = {
+        let (admin, shutdown) = (admin.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            skiff_controllers::run(admin, &args.controllers, Some(signer), shutdown).await
+        })
+    };
     let join_token = join_token(&admin, &args.data_dir, &url, &pki.ca_cert)
         .await
         .context("publishing what nodes need to join")?;
@@ -202,6 +209,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(scheduler) = scheduler {
         scheduler.await.context("the scheduler task failed")??;
     }
+    controllers.await.context("the controllers failed")?;
     serving.await.context("the API server task failed")?;
     store.close();
     Ok(())

@@ -530,22 +530,6 @@ fn configmaps_deletes_and_dry_runs() {
     );
     k.apply(NODE, &[]);
     assert_matches(&k.ok(&["delete", "node", "acc-node"]), "deleted");
-    // Foreground and orphan deletion mark the owner and leave it to the garbage collector.
-    k.ok(&[
-        "delete",
-        "deploy",
-        "web",
-        "--cascade=foreground",
-        "--wait=false",
-    ]);
-    let finalizers = k.ok(&[
-        "get",
-        "deploy",
-        "web",
-        "-o",
-        "jsonpath={.metadata.finalizers} {.metadata.deletionTimestamp}",
-    ]);
-    assert_matches(&finalizers, r#"\["foregroundDeletion"\] \d{4}-"#);
 }
 
 #[test]
@@ -574,12 +558,6 @@ fn validation_errors_name_the_field() {
     assert_matches(&run.stderr, r#"unknown field "spec\.replicaz""#);
     let missing_ns = k.run_stdin(&["-n", "nowhere", "create", "-f", "-"], POD);
     assert_matches(&missing_ns.stderr, r#"namespaces "nowhere" not found"#);
-    // A namespace being deleted takes no new objects.
-    k.ok(&["create", "namespace", "doomed"]);
-    k.ok(&["delete", "namespace", "doomed", "--wait=false"]);
-    assert_matches(&k.ok(&["get", "ns", "doomed"]), r"^doomed +Terminating");
-    let refused = k.run_stdin(&["-n", "doomed", "create", "-f", "-"], POD);
-    assert_matches(&refused.stderr, "because it is being terminated");
     // A body over 3 MiB is refused whole.
     let big = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big}}\ndata: {{blob: \"{}\"}}\n",

@@ -3,6 +3,7 @@
 
 mod agent;
 mod clients;
+mod controllers;
 mod crash;
 mod crds;
 mod join;

@@ -1,0 +1,49 @@
+//! `skiff controller-manager`: the controllers `skiff server` runs inside itself, on their
+//! own against a cluster's API.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `skiff controller-manager`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The kubeconfig to reach the API with.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+    /// The controllers to run: `*` for all, names to pick, `-name` to leave one out.
+    #[arg(long, default_value = "*")]
+    pub controllers: skiff_controllers::Selection,
+    /// The cluster CA's certificate (PEM), for signing approved certificate requests.
+    #[arg(long, requires = "cluster_signing_key_file")]
+    pub cluster_signing_cert_file: Option<PathBuf>,
+    /// The cluster CA's private key (PEM).
+    #[arg(long, requires = "cluster_signing_cert_file")]
+    pub cluster_signing_key_file: Option<PathBuf>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = crate::scheduler::client(&args.kubeconfig).await?;
+    let signer = match (
+        &args.cluster_signing_cert_file,
+        &args.cluster_signing_key_file,
+    ) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            Some(skiff_controllers::csr::Signer::new(read(cert)?, read(key)?))
+        }
+        _ => None,
+    };
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        crate::server::wait_for_signal().await;
+        stop.cancel();
+    });
+    tracing::info!("skiff controller-manager running");
+    skiff_controllers::run(client, &args.controllers, signer, shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! The controllers, end to end through kubectl: namespaces and their ServiceAccounts.
+
+use std::time::Duration;
+
+use skiff_tests::{TestCluster, assert_matches, eventually};
+
+const HELD: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: held
+  finalizers: [example.com/hold]
+data: {a: b}
+";
+
+#[test]
+fn a_deleted_namespace_loses_its_content_then_goes() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    k.ok(&["create", "namespace", "doomed"]);
+    k.run_stdin(&["-n", "doomed", "apply", "-f", "-"], HELD);
+    k.ok(&[
+        "-n",
+        "doomed",
+        "create",
+        "configmap",
+        "plain",
+        "--from-literal=x=y",
+    ]);
+    k.ok(&[
+        "-n",
+        "doomed",
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=x=y",
+    ]);
+    k.ok(&["delete", "namespace", "doomed", "--wait=false"]);
+    assert_matches(&k.ok(&["get", "ns", "doomed"]), r"^doomed +Terminating");
+    // A namespace being deleted takes no new objects.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: busybox}]}\n";
+    let refused = k.run_stdin(&["-n", "doomed", "create", "-f", "-"], pod);
+    assert_matches(&refused.stderr, "because it is being terminated");
+    // Everything without a finalizer goes; what holds the namespace is named in its status.
+    let held = eventually(Duration::from_secs(20), || {
+        let conditions = k.ok(&[
+            "get",
+            "ns",
+            "doomed",
+            "-o",
+            r#"jsonpath={range .status.conditions[*]}{.type}={.status}: {.message}{"\n"}{end}"#,
+        ]);
+        let content = k.ok(&["-n", "doomed", "get", "configmaps,secrets", "-o", "name"]);
+        (content.trim() == "configmap/held"
+            && conditions.contains("NamespaceFinalizersRemaining=True"))
+        .then_some(conditions)
+    })
+    .expect("the namespace's content was not deleted down to the held object");
+    assert_matches(
+        &held,
+        r"NamespaceContentRemaining=True: Some resources are remaining: configmaps\. has 1 resource instances",
+    );
+    assert_matches(
+        &held,
+        r"NamespaceFinalizersRemaining=True: Some content in the namespace has finalizers remaining: example\.com/hold in 1 resource instances",
+    );
+    // Its finalizer removed, the last object goes, and then the namespace.
+    k.ok(&[
+        "-n",
+        "doomed",
+        "patch",
+        "configmap",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    k.ok(&["wait", "--for=delete", "namespace/doomed", "--timeout=30s"]);
+    assert_matches(
+        &k.fail(&["get", "ns", "doomed"]),
+        r#"namespaces "doomed" not found"#,
+    );
+    // The name is free again, for a new, empty namespace.
+    k.ok(&["create", "namespace", "doomed"]);
+    assert_eq!(
+        k.ok(&["-n", "doomed", "get", "configmaps", "-o", "name"]),
+        ""
+    );
+}
+
+#[test]
+fn every_namespace_gets_a_default_serviceaccount_from_the_server_or_a_controller_manager() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    let has_default = |ns: &str| {
+        eventually(Duration::from_secs(20), || {
+            k.run(&["-n", ns, "get", "serviceaccount", "default", "-o", "name"])
+                .stdout
+                .contains("serviceaccount/default")
+                .then_some(())
+        })
+        .is_some()
+    };
+    for ns in ["default", "kube-system", "kube-public"] {
+        assert!(has_default(ns), "no default serviceaccount in {ns}");
+    }
+    k.ok(&["create", "namespace", "team-a"]);
+    assert!(has_default("team-a"));
+    // Deleted, it comes back.
+    k.ok(&["-n", "team-a", "delete", "serviceaccount", "default"]);
+    assert!(has_default("team-a"));
+
+    // The same controller run by `skiff controller-manager`, beside a server that runs
+    // every controller but that one.
+    let c = TestCluster::start_with(&["--controllers", "*,-serviceaccount-controller"]).unwrap();
+    let k = c.kubectl();
+    k.ok(&["create", "namespace", "team-b"]);
+    assert_eq!(
+        k.run(&["-n", "team-b", "get", "serviceaccount", "default"])
+            .code,
+        1,
+        "the server made a default serviceaccount with its controller disabled"
+    );
+    let mut manager = std::process::Command::new(skiff_tests::skiff_binary())
+        .args([
+            "controller-manager",
+            "--controllers",
+            "serviceaccount-controller",
+        ])
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let made = eventually(Duration::from_secs(20), || {
+        k.run(&[
+            "-n",
+            "team-b",
+            "get",
+            "serviceaccount",
+            "default",
+            "-o",
+            "name",
+        ])
+        .stdout
+        .contains("serviceaccount/default")
+        .then_some(())
+    });
+    let _ = manager.kill();
+    let _ = manager.wait();
+    assert!(
+        made.is_some(),
+        "skiff controller-manager made no default serviceaccount"
+    );
+    let bad = std::process::Command::new(skiff_tests::skiff_binary())
+        .args(["controller-manager", "--controllers", "*,-nope"])
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert_matches(
+        &String::from_utf8_lossy(&bad.stderr),
+        r#"unknown controller "nope""#,
+    );
+}
+
+/// A ConfigMap owned by `owner` (its uid), blocking its owner's foreground deletion.
+fn dependent(name: &str, owner_uid: &str, finalizers: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {name}
+  finalizers: [{finalizers}]
+  ownerReferences:
+  - {{apiVersion: v1, kind: ConfigMap, name: owner, uid: {owner_uid}, blockOwnerDeletion: true}}
+"
+    )
+}
+
+#[test]
+fn cascading_deletes_in_the_background_the_foreground_and_orphaning() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    let gone = |name: &str| {
+        eventually(Duration::from_secs(20), || {
+            (k.run(&["get", "configmap", name]).code != 0).then_some(())
+        })
+        .is_some()
+    };
+    let owner = || {
+        k.ok(&["create", "configmap", "owner"]);
+        k.ok(&[
+            "get",
+            "configmap",
+            "owner",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+    };
+
+    // Background (kubectl's default): the owner goes at once, its dependents after it.
+    let uid = owner();
+    k.run_stdin(&["apply", "-f", "-"], &dependent("a", &uid, ""));
+    k.run_stdin(&["apply", "-f", "-"], &dependent("b", &uid, ""));
+    k.ok(&["delete", "configmap", "owner"]);
+    assert!(gone("a") && gone("b"), "background: dependents were left");
+
+    // Foreground: the owner stays, marked, until its blocking dependents are gone.
+    let uid = owner();
+    k.run_stdin(
+        &["apply", "-f", "-"],
+        &dependent("c", &uid, "example.com/hold"),
+    );
+    k.run_stdin(&["apply", "-f", "-"], &dependent("d", &uid, ""));
+    k.ok(&[
+        "delete",
+        "configmap",
+        "owner",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    assert!(gone("d"), "foreground: a dependent was not deleted");
+    let marked = k.ok(&[
+        "get",
+        "configmap",
+        "owner",
+        "-o",
+        "jsonpath={.metadata.finalizers} {.metadata.deletionTimestamp}",
+    ]);
+    assert_matches(&marked, r#"^\["foregroundDeletion"\] \d{4}-"#);
+    let held = k.ok(&[
+        "get",
+        "configmap",
+        "c",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    assert!(!held.is_empty(), "the held dependent was not deleted");
+    k.ok(&[
+        "patch",
+        "configmap",
+        "c",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    assert!(gone("c") && gone("owner"), "foreground: the owner stayed");
+
+    // Orphan: the owner goes, its dependents stay without the reference.
+    let uid = owner();
+    k.run_stdin(&["apply", "-f", "-"], &dependent("e", &uid, ""));
+    k.ok(&["delete", "configmap", "owner", "--cascade=orphan"]);
+    assert!(gone("owner"));
+    let refs = k.ok(&[
+        "get",
+        "configmap",
+        "e",
+        "-o",
+        "jsonpath={.metadata.ownerReferences}",
+    ]);
+    assert_eq!(refs, "", "the orphan kept its owner reference");
+
+    // A dependent created with an owner that doesn't exist is collected.
+    k.run_stdin(
+        &["apply", "-f", "-"],
+        &dependent("f", "00000000-0000-0000-0000-000000000000", ""),
+    );
+    assert!(gone("f"), "a dependent of a missing owner was kept");
+    // An object with two owners loses only the missing one.
+    let uid = owner();
+    let two = format!(
+        "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: g
+  ownerReferences:
+  - {{apiVersion: v1, kind: ConfigMap, name: owner, uid: {uid}}}
+  - {{apiVersion: v1, kind: ConfigMap, name: ghost, uid: 00000000-0000-0000-0000-000000000001}}
+"
+    );
+    k.run_stdin(&["apply", "-f", "-"], &two);
+    let kept = eventually(Duration::from_secs(20), || {
+        let names = k.ok(&[
+            "get",
+            "configmap",
+            "g",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[*].name}",
+        ]);
+        (names == "owner").then_some(())
+    });
+    assert!(kept.is_some(), "the missing owner's reference stayed");
+}
