@@ -6,7 +6,6 @@
 //! through the HTTP API and writes pod status, events and deletions back through it.
 
 pub mod attach;
-pub mod events;
 pub mod image;
 pub mod join;
 pub mod logs;
@@ -97,7 +96,7 @@ pub(crate) struct Shared<R: ContainerRuntime> {
     pub(crate) config: AgentConfig,
     pub(crate) runtime: Arc<R>,
     pub(crate) images: image::ImageStore,
-    pub(crate) recorder: events::Recorder,
+    pub(crate) recorder: skiff_events::Recorder,
     /// What the log endpoint needs of each container: (namespace, pod, container).
     pub(crate) views: std::sync::Mutex<HashMap<(String, String, String), CtrView>>,
 }
@@ -258,7 +257,11 @@ pub async fn run<R: ContainerRuntime>(
     let images =
         image::ImageStore::open(&config.data_dir.join("images"), &config.insecure_registries)?;
     let shared = Arc::new(Shared {
-        recorder: events::Recorder::new(client.clone(), config.node_name.clone()),
+        recorder: skiff_events::Recorder::new(
+            client.clone(),
+            "kubelet",
+            Some(config.node_name.clone()),
+        ),
         client: client.clone(),
         config: config.clone(),
         runtime: Arc::new(runtime),

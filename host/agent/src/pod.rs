@@ -17,11 +17,11 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::Shared;
-use crate::events::Kind;
 use crate::image::{Image, ImageStore};
 use crate::runtime::{ContainerConfig, ContainerRuntime, ContainerState, Exit, Started};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::spec::{ImageConfig, Inputs};
+use skiff_events::Kind;
 
 /// The first back-off after a container fails again, doubled each time up to the cap.
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
@@ -1211,9 +1211,12 @@ impl<R: ContainerRuntime> Worker<R> {
     }
 
     async fn event(&self, field_path: Option<String>, kind: Kind, reason: &str, message: String) {
+        // `source.component: kubelet`, as kubectl's describe expects of pod events.
+        let mut regarding = kube::Resource::object_ref(&*self.pod, &());
+        regarding.field_path = field_path;
         self.shared
             .recorder
-            .pod(&self.pod, field_path, kind, reason, message)
+            .publish(&regarding, kind, reason, message)
             .await;
     }
 

@@ -7,6 +7,7 @@
 //! - [`gc`]: the garbage collector: deletes objects whose owners are gone and carries out
 //!   foreground and orphan deletion.
 //! - [`namespace`]: deletes a deleted namespace's content, then the namespace.
+//! - [`replicaset`]: as many pods as a ReplicaSet's replicas.
 //! - [`serviceaccount`]: a `default` ServiceAccount in every namespace.
 //! - [`bootstrap`]: what nodes need to join: a bootstrap token and the public
 //!   `cluster-info` ConfigMap (kubeadm's bootstrap-token phase).
@@ -27,6 +28,7 @@ pub mod bootstrap;
 pub mod csr;
 pub mod gc;
 pub mod namespace;
+pub mod replicaset;
 pub mod serviceaccount;
 
 use futures::future::BoxFuture;
@@ -47,6 +49,7 @@ pub const CONTROLLERS: &[(&str, &[&str])] = &[
     ),
     ("garbage-collector-controller", &["garbagecollector"]),
     ("namespace-controller", &["namespace"]),
+    ("replicaset-controller", &["replicaset"]),
     ("serviceaccount-controller", &["serviceaccount"]),
 ];
 
@@ -130,6 +133,7 @@ pub async fn run(
             },
             "garbage-collector-controller" => running.push(Box::pin(gc::run(client, shutdown))),
             "namespace-controller" => running.push(Box::pin(namespace::run(client, shutdown))),
+            "replicaset-controller" => running.push(Box::pin(replicaset::run(client, shutdown))),
             "serviceaccount-controller" => {
                 running.push(Box::pin(serviceaccount::run(client, shutdown)))
             }

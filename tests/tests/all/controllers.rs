@@ -293,3 +293,87 @@ metadata:
     });
     assert!(kept.is_some(), "the missing owner's reference stayed");
 }
+
+const RS: &str = "apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, tier: front}}
+    spec: {containers: [{name: c, image: busybox}]}
+";
+
+#[test]
+fn replicasets_create_adopt_release_and_delete_pods_to_reach_their_replicas() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    let pods = |selector: &str| -> Vec<String> {
+        let out = k.ok(&["get", "pods", "-l", selector, "-o", "name"]);
+        out.lines().map(str::to_owned).collect()
+    };
+    let settle = |selector: &str, n: usize| {
+        eventually(Duration::from_secs(20), || {
+            (pods(selector).len() == n).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{selector}: {:?}, not {n}", pods(selector)));
+    };
+    // An orphan the selector matches is adopted rather than a new pod made for it.
+    k.run_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: stray, labels: {app: web}}\nspec: {containers: [{name: c, image: busybox}]}\n",
+    );
+    k.apply(RS, &[]);
+    settle("app=web", 3);
+    let owners = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.ownerReferences[0].name}/{.metadata.ownerReferences[0].controller} {end}"#,
+    ]);
+    assert_eq!(owners.trim(), "web/true web/true web/true");
+    assert!(pods("app=web").contains(&"pod/stray".to_owned()));
+    let status = eventually(Duration::from_secs(20), || {
+        let s = k.ok(&[
+            "get",
+            "rs",
+            "web",
+            "-o",
+            "jsonpath={.status.replicas} {.status.fullyLabeledReplicas} {.status.observedGeneration}",
+        ]);
+        // The adopted pod lacks the template's tier label.
+        (s == "3 2 1").then_some(())
+    });
+    assert!(
+        status.is_some(),
+        "{}",
+        k.ok(&["get", "rs", "web", "-o", "yaml"])
+    );
+    // Scaled down: the extra pods go; scaled up: new ones come.
+    k.ok(&["scale", "rs", "web", "--replicas=1"]);
+    settle("app=web", 1);
+    k.ok(&["scale", "rs", "web", "--replicas=2"]);
+    settle("app=web", 2);
+    // A pod relabelled out of the selector is released and replaced.
+    let first = pods("app=web")[0].clone();
+    k.ok(&["label", &first, "app=gone", "--overwrite"]);
+    settle("app=web", 2);
+    let released = k.ok(&["get", &first, "-o", "jsonpath={.metadata.ownerReferences}"]);
+    assert_eq!(released, "", "the released pod kept its controller");
+    // A deleted pod is replaced.
+    let second = pods("app=web")[0].clone();
+    k.ok(&["delete", &second, "--wait=false"]);
+    settle("app=web", 2);
+    assert!(!pods("app=web").contains(&second));
+    // What it did, in its events.
+    let described = k.ok(&["describe", "rs", "web"]);
+    assert_matches(&described, r"SuccessfulCreate .*Created pod: web-");
+    assert_matches(&described, r"SuccessfulDelete .*Deleted pod: ");
+    // Deleting it deletes its pods (the garbage collector), but not the released one.
+    k.ok(&["delete", "rs", "web"]);
+    settle("app=web", 0);
+    assert_eq!(pods("app=gone").len(), 1);
+}

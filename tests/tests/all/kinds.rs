@@ -47,7 +47,8 @@ const KINDS: &[(&str, &[&str], &str, &str)] = &[
         "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: rs1}\nspec:\n  replicas: 2\n  selector: {matchLabels: {a: b}}\n  template: {metadata: {labels: {a: b}}, spec: {containers: [{name: c, image: busybox}]}}\n",
         &["get", "rs", "rs1"],
         r"^NAME +DESIRED +CURRENT +READY +AGE",
-        r"^rs1 +2 +0 +0 +",
+        // CURRENT: 2 once the replicaset controller has made the pods.
+        r"^rs1 +2 +[02] +0 +",
     ),
     (
         "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: ds1}\nspec:\n  selector: {matchLabels: {a: d}}\n  template: {metadata: {labels: {a: d}}, spec: {nodeSelector: {disk: ssd}, containers: [{name: c, image: busybox}]}}\n",

@@ -173,7 +173,7 @@ fn harness() -> Harness {
         trim_startup_pages: false,
     };
     let shared = Arc::new(Shared {
-        recorder: crate::events::Recorder::new(client.clone(), "n1".into()),
+        recorder: skiff_events::Recorder::new(client.clone(), "kubelet", Some("n1".into())),
         client,
         config,
         runtime: Arc::new(runtime.clone()),

@@ -1,22 +1,34 @@
-//! Pod events from the agent (`source.component: kubelet`, as kubectl's describe expects),
-//! aggregated like client-go's recorder: a repeat of the same reason and message on the
-//! same object bumps `count` and `lastTimestamp` of one Event instead of making another.
+//! Events (`core/v1`), aggregated like client-go's recorder: a repeat of the same reason
+//! and message about the same object bumps `count` and `lastTimestamp` of one Event instead
+//! of making another, so `kubectl describe` shows `(x5 over 2m)`. Different messages (each
+//! pod a ReplicaSet creates) stay different events, as in Kubernetes.
+//!
+//! ```no_run
+//! # async fn demo(client: kube::Client, rs: k8s_openapi::api::apps::v1::ReplicaSet) {
+//! use kube::Resource as _;
+//! let recorder = skiff_events::Recorder::new(client, "replicaset-controller", None);
+//! recorder
+//!     .publish(&rs.object_ref(&()), skiff_events::Kind::Normal, "SuccessfulCreate", "Created pod: web-x7k2p".into())
+//!     .await;
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tracing::debug;
 
-/// What makes two events the same: pod UID, field path, reason and message.
+/// What makes two events the same: object uid, field path, reason and message.
 type Key = (String, String, String, String);
 
-/// Writes events for one node's pods.
+/// Writes one component's events.
 pub struct Recorder {
     client: kube::Client,
-    node: String,
+    component: String,
+    host: Option<String>,
     /// The Event each key was written as, and its count.
     seen: Mutex<HashMap<Key, (String, i64)>>,
 }
@@ -31,32 +43,37 @@ pub enum Kind {
 }
 
 impl Recorder {
-    /// A recorder whose events name `node` as their source host.
-    pub fn new(client: kube::Client, node: String) -> Self {
+    /// A recorder whose events come from `component` (`source.component`, and the
+    /// reporting component), on `host` if it is a node's.
+    pub fn new(client: kube::Client, component: &str, host: Option<String>) -> Self {
         Recorder {
             client,
-            node,
+            component: component.to_owned(),
+            host,
             seen: Mutex::default(),
         }
     }
 
-    /// Records an event about `pod` (and its container at `field_path`, if any).
-    pub async fn pod(
+    /// Records an event about the object `regarding` refers to (its `fieldPath` names a
+    /// part of it, such as a pod's container). Failures are logged, never returned: an
+    /// event is not worth failing the action it reports.
+    pub async fn publish(
         &self,
-        pod: &Pod,
-        field_path: Option<String>,
+        regarding: &ObjectReference,
         kind: Kind,
         reason: &str,
         message: String,
     ) {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let name = regarding.name.clone().unwrap_or_default();
         let now = jiff::Timestamp::now().to_string();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let key = (
-            uid.clone(),
-            field_path.clone().unwrap_or_default(),
+            regarding.uid.clone().unwrap_or_default(),
+            regarding.field_path.clone().unwrap_or_default(),
             reason.to_owned(),
             message.clone(),
         );
@@ -85,23 +102,16 @@ impl Recorder {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"name": event_name, "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "namespace": namespace,
-                "name": name,
-                "uid": uid,
-                "fieldPath": field_path,
-            },
+            "involvedObject": regarding,
             "reason": reason,
             "message": message,
-            "source": {"component": "kubelet", "host": self.node},
+            "source": {"component": self.component, "host": self.host},
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,
             "type": match kind { Kind::Normal => "Normal", Kind::Warning => "Warning" },
-            "reportingComponent": "kubelet",
-            "reportingInstance": self.node,
+            "reportingComponent": self.component,
+            "reportingInstance": self.host.clone().unwrap_or_else(|| self.component.clone()),
         });
         let event: Event = match serde_json::from_value(event) {
             Ok(e) => e,
@@ -118,7 +128,7 @@ impl Recorder {
         }
     }
 
-    /// Forgets the aggregation state of a pod that is gone.
+    /// Forgets the aggregation state of an object that is gone.
     pub fn forget(&self, uid: &str) {
         self.seen
             .lock()
