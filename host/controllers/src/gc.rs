@@ -144,6 +144,15 @@ struct Collector {
 
 /// Runs the garbage collector until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
+    // Every step (discovery, the first lists, a handled object) ends at shutdown, even one
+    // waiting on a server that is shutting down too.
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = collect(client, shutdown.clone()) => {}
+    }
+}
+
+async fn collect(client: Client, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let discovery = loop {
         match Discovery::new(client.clone()).run().await {

@@ -4,6 +4,7 @@
 //! - [`csr`]: approves node agents' CertificateSigningRequests that prove who they are,
 //!   and signs approved requests with the cluster CA (kube's csrapproving and
 //!   csrsigning controllers).
+//! - [`deployment`]: rollouts of a pod template through ReplicaSets.
 //! - [`gc`]: the garbage collector: deletes objects whose owners are gone and carries out
 //!   foreground and orphan deletion.
 //! - [`namespace`]: deletes a deleted namespace's content, then the namespace.
@@ -26,6 +27,7 @@
 
 pub mod bootstrap;
 pub mod csr;
+pub mod deployment;
 pub mod gc;
 pub mod namespace;
 pub mod replicaset;
@@ -47,6 +49,7 @@ pub const CONTROLLERS: &[(&str, &[&str])] = &[
             "csrapproving",
         ],
     ),
+    ("deployment-controller", &["deployment"]),
     ("garbage-collector-controller", &["garbagecollector"]),
     ("namespace-controller", &["namespace"]),
     ("replicaset-controller", &["replicaset"]),
@@ -131,6 +134,7 @@ pub async fn run(
                     continue;
                 }
             },
+            "deployment-controller" => running.push(Box::pin(deployment::run(client, shutdown))),
             "garbage-collector-controller" => running.push(Box::pin(gc::run(client, shutdown))),
             "namespace-controller" => running.push(Box::pin(namespace::run(client, shutdown))),
             "replicaset-controller" => running.push(Box::pin(replicaset::run(client, shutdown))),

@@ -11,7 +11,7 @@ use skiff_apiserver::pki::{self, Pki};
 use skiff_apiserver::{ApiServer, Authenticator, Config, tls};
 use skiff_store::{Config as StoreConfig, RedbStore};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Flags of `skiff server`.
 #[derive(clap::Args, Debug, Clone)]
@@ -209,7 +209,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(scheduler) = scheduler {
         scheduler.await.context("the scheduler task failed")??;
     }
-    controllers.await.context("the controllers failed")?;
+    // The controllers are API clients with nothing of their own to save: they get a
+    // moment to finish what they are writing, then go with the server.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), controllers)
+        .await
+        .is_err()
+    {
+        warn!("the controllers did not stop within 5 s");
+    }
     serving.await.context("the API server task failed")?;
     store.close();
     Ok(())

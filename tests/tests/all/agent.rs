@@ -6,7 +6,9 @@ use std::io::{BufRead as _, Read as _};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skiff_tests::{Kubectl, TestCluster, TestRegistry, eventually, push_busybox_image};
+use skiff_tests::{
+    Kubectl, TestCluster, TestRegistry, assert_matches, eventually, push_busybox_image,
+};
 
 /// A registry with the busybox image, and a cluster whose agent pulls from it.
 struct Setup {
@@ -843,4 +845,258 @@ fn images_imported_offline_run_with_pull_policy_never() {
         "ErrImageNeverPull",
         "{waiting:#}"
     );
+}
+
+/// The seed's nginx Deployment (M1), its image swapped for the test's busybox running a
+/// loop that ends at SIGTERM.
+fn seed_deployment(image: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/seeds/M1.yaml");
+    let seed = std::fs::read_to_string(path).unwrap();
+    let command = r#"command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
+    let replaced = seed.replacen(
+        "image: nginx:1.7.9",
+        &format!("image: {image}\n        {command}\n        imagePullPolicy: IfNotPresent"),
+        1,
+    );
+    assert_ne!(replaced, seed, "the seed's image line moved");
+    replaced
+}
+
+/// Follows the deployment's pods through `kubectl get -w` and keeps the fewest that were
+/// ready (and not being deleted) at any moment once `all` were (the initial list arrives
+/// one pod at a time), and every image seen.
+struct ReadyWatch {
+    child: std::process::Child,
+    seen: std::thread::JoinHandle<(usize, std::collections::BTreeSet<String>)>,
+}
+
+impl ReadyWatch {
+    fn start(kubectl: &Kubectl, selector: &str, all: usize) -> Self {
+        let mut child = kubectl.spawn_env(
+            &[
+                "get",
+                "pods",
+                "-l",
+                selector,
+                "-w",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ],
+            &[],
+        );
+        let stdout = child.stdout.take().unwrap();
+        let seen = std::thread::spawn(move || {
+            let mut ready = std::collections::BTreeMap::<String, bool>::new();
+            let mut fewest = usize::MAX;
+            let mut armed = false;
+            let mut images = std::collections::BTreeSet::new();
+            for event in serde_json::Deserializer::from_reader(stdout).into_iter::<Value>() {
+                let Ok(event) = event else { break };
+                let pod = &event["object"];
+                let name = pod["metadata"]["name"].as_str().unwrap_or("").to_owned();
+                if let Some(image) = pod
+                    .pointer("/spec/containers/0/image")
+                    .and_then(Value::as_str)
+                {
+                    images.insert(image.to_owned());
+                }
+                let is_ready = event["type"] != "DELETED"
+                    && pod["metadata"]["deletionTimestamp"].is_null()
+                    && pod["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                ready.insert(name, is_ready);
+                let now = ready.values().filter(|r| **r).count();
+                armed |= now >= all;
+                if armed {
+                    fewest = fewest.min(now);
+                }
+            }
+            (fewest, images)
+        });
+        ReadyWatch { child, seen }
+    }
+
+    fn stop(mut self) -> (usize, std::collections::BTreeSet<String>) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.seen.join().unwrap()
+    }
+}
+
+#[test]
+fn the_seed_deployment_scales_rolls_out_within_max_unavailable_and_is_undone() {
+    let s = setup();
+    let k = s.cluster.kubectl();
+    let v2 = push_busybox_image(&s.registry, "v2").unwrap();
+    k.apply(&seed_deployment(&s.image), &[]);
+    let rollout = |what: &str| {
+        let run = k.run(&[
+            "rollout",
+            "status",
+            "deployment/nginx-deployment",
+            "--timeout=90s",
+        ]);
+        assert_eq!(run.code, 0, "{what}: {run:?}");
+        assert_matches(&run.stdout, "successfully rolled out");
+    };
+    let ready = || {
+        k.ok(&[
+            "get",
+            "deploy",
+            "nginx-deployment",
+            "-o",
+            "jsonpath={.status.readyReplicas}/{.status.availableReplicas}/{.spec.replicas}",
+        ])
+    };
+    let pods = || {
+        let names = k.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=nginx",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {end}",
+        ]);
+        names.split_whitespace().count()
+    };
+    rollout("created");
+    // 1 → 2 → 4 → 1, each to the point where every pod is available.
+    for n in [2, 4, 1] {
+        k.ok(&[
+            "scale",
+            "deployment/nginx-deployment",
+            &format!("--replicas={n}"),
+        ]);
+        rollout(&format!("scaled to {n}"));
+        assert_eq!(ready(), format!("{n}/{n}/{n}"));
+        assert!(
+            eventually(Duration::from_secs(40), || (pods() == n).then_some(())).is_some(),
+            "{} pods, not {n}",
+            pods()
+        );
+    }
+    let hash_of = |rs: &str| {
+        k.ok(&[
+            "get",
+            "rs",
+            rs,
+            "-o",
+            "jsonpath={.metadata.labels.pod-template-hash}",
+        ])
+    };
+    let first_rs = k.ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=nginx",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    assert_eq!(first_rs, format!("nginx-deployment-{}", hash_of(&first_rs)));
+
+    // A new image, rolled out 3 at a time with one unavailable at most.
+    k.ok(&["scale", "deployment/nginx-deployment", "--replicas=3"]);
+    k.ok(&[
+        "patch",
+        "deployment/nginx-deployment",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"strategy":{"rollingUpdate":{"maxUnavailable":1,"maxSurge":1}}}}"#,
+    ]);
+    rollout("scaled to 3");
+    let watch = ReadyWatch::start(&k, "app=nginx", 3);
+    std::thread::sleep(Duration::from_millis(500));
+    k.ok(&[
+        "set",
+        "image",
+        "deployment/nginx-deployment",
+        &format!("nginx={v2}"),
+    ]);
+    rollout("rolled to v2");
+    let images = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=nginx",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert_eq!(
+        images.split_whitespace().filter(|i| *i == v2).count(),
+        3,
+        "{images}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (fewest, seen) = watch.stop();
+    assert!(
+        fewest >= 2,
+        "only {fewest} pods were ready at one moment (maxUnavailable 1 of 3)"
+    );
+    assert!(seen.contains(&v2) && seen.contains(&s.image), "{seen:?}");
+    let history = k.ok(&["rollout", "history", "deployment/nginx-deployment"]);
+    assert_matches(&history, r"(?m)^1 +");
+    assert_matches(&history, r"(?m)^2 +");
+    let described = k.ok(&["describe", "deployment", "nginx-deployment"]);
+    assert_matches(
+        &described,
+        r"ScalingReplicaSet .*Scaled up replica set nginx-deployment-\w+ from \d+ to \d+",
+    );
+
+    // Undone to revision 1: its ReplicaSet is reused, as revision 3.
+    let undo = k.ok(&[
+        "rollout",
+        "undo",
+        "deployment/nginx-deployment",
+        "--to-revision=1",
+    ]);
+    assert_matches(&undo, "rolled back");
+    rollout("undone");
+    let images = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=nginx",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(40), || {
+            let images = k.ok(&[
+                "get",
+                "pods",
+                "-l",
+                "app=nginx",
+                "-o",
+                "jsonpath={.items[*].spec.containers[0].image}",
+            ]);
+            (images.split_whitespace().count() == 3
+                && images.split_whitespace().all(|i| i == s.image))
+            .then_some(())
+        })
+        .is_some(),
+        "{images}"
+    );
+    let revision = k.ok(&[
+        "get",
+        "rs",
+        &first_rs,
+        "-o",
+        "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+    ]);
+    assert_eq!(revision, "3");
+    let history = k.ok(&["rollout", "history", "deployment/nginx-deployment"]);
+    assert_matches(&history, r"(?m)^2 +");
+    assert_matches(&history, r"(?m)^3 +");
+    let condition = k.ok(&[
+        "get",
+        "deploy",
+        "nginx-deployment",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}",
+    ]);
+    assert_eq!(condition, "NewReplicaSetAvailable");
 }

@@ -366,7 +366,8 @@ fn label_annotate_and_patch_types() {
 
 #[test]
 fn apply_edit_replace_scale_and_server_side_apply() {
-    let c = TestCluster::start().unwrap();
+    // The API's own behaviour: no deployment controller writing statuses meanwhile.
+    let c = TestCluster::start_with(&["--controllers", "*,-deployment-controller"]).unwrap();
     let k = c.kubectl();
     assert_matches(&k.apply(DEPLOY, &[]), "deployment.apps/web created");
     assert_matches(&k.apply(DEPLOY, &[]), "deployment.apps/web unchanged");
@@ -659,7 +660,8 @@ spec:
 
 #[test]
 fn statuses_change_only_through_the_status_subresource() {
-    let c = TestCluster::start().unwrap();
+    // The API's own behaviour: no deployment controller writing statuses meanwhile.
+    let c = TestCluster::start_with(&["--controllers", "*,-deployment-controller"]).unwrap();
     let k = c.kubectl();
     k.apply(DEPLOY, &[]);
     // The main resource ignores status; /status ignores everything else.
