@@ -377,3 +377,142 @@ fn replicasets_create_adopt_release_and_delete_pods_to_reach_their_replicas() {
     settle("app=web", 0);
     assert_eq!(pods("app=gone").len(), 1);
 }
+
+const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app}
+spec:
+  replicas: 2
+  progressDeadlineSeconds: 3
+  selector: {matchLabels: {app: app}}
+  template:
+    metadata: {labels: {app: app}}
+    spec: {containers: [{name: c, image: busybox:1}]}
+";
+
+/// Without a node no pod becomes ready: what the deployment controller does about
+/// templates, pauses and deadlines shows in its ReplicaSets and conditions.
+#[test]
+fn deployments_pause_restart_recreate_and_report_a_missed_progress_deadline() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    let sets = || {
+        k.ok(&["get", "rs", "-l", "app=app", "-o", "jsonpath={range .items[*]}{.spec.template.spec.containers[0].image}={.spec.replicas} {end}"])
+    };
+    k.apply(DEPLOY, &[]);
+    assert!(
+        eventually(Duration::from_secs(20), || (sets().trim() == "busybox:1=2")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        sets()
+    );
+    // No pod gets ready: the rollout misses its deadline, and rollout status says so.
+    let status = k.run(&["rollout", "status", "deployment/app", "--timeout=30s"]);
+    assert_ne!(status.code, 0);
+    assert_matches(
+        &status.stderr,
+        r#"deployment "app" exceeded its progress deadline"#,
+    );
+    let reason = k.ok(&[
+        "get",
+        "deploy",
+        "app",
+        "-o",
+        r#"jsonpath={.status.conditions[?(@.type=="Progressing")].reason}"#,
+    ]);
+    assert_eq!(reason, "ProgressDeadlineExceeded");
+    assert_matches(
+        &k.ok(&["describe", "deploy", "app"]),
+        r"ProgressDeadlineExceeded",
+    );
+
+    // Paused, a new template waits; resumed, it rolls out.
+    k.ok(&["rollout", "pause", "deployment/app"]);
+    k.ok(&["set", "image", "deployment/app", "c=busybox:2"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(sets().trim(), "busybox:1=2");
+    let paused = k.ok(&[
+        "get",
+        "deploy",
+        "app",
+        "-o",
+        r#"jsonpath={.status.conditions[?(@.type=="Progressing")].reason}"#,
+    ]);
+    assert_eq!(paused, "DeploymentPaused");
+    k.ok(&["rollout", "resume", "deployment/app"]);
+    assert!(
+        eventually(Duration::from_secs(20), || sets()
+            .contains("busybox:2=")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        sets()
+    );
+    // A restart is a new template too (an annotation on it).
+    k.ok(&["rollout", "restart", "deployment/app"]);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let annotated = k.ok(&[
+                "get",
+                "rs",
+                "-l",
+                "app=app",
+                "-o",
+                "jsonpath={.items[*].spec.template.metadata.annotations}",
+            ]);
+            annotated
+                .contains("kubectl.kubernetes.io/restartedAt")
+                .then_some(())
+        })
+        .is_some()
+    );
+
+    // Recreate: every old ReplicaSet at zero before the new one has pods.
+    k.ok(&[
+        "patch",
+        "deployment/app",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}"#,
+    ]);
+    k.ok(&["set", "image", "deployment/app", "c=busybox:3"]);
+    let recreated = eventually(Duration::from_secs(20), || {
+        let now = sets();
+        let sizes: Vec<(&str, i32)> = now
+            .split_whitespace()
+            .filter_map(|s| s.split_once('='))
+            .map(|(i, n)| (i, n.parse().unwrap_or(-1)))
+            .collect();
+        (sizes.iter().any(|(i, n)| *i == "busybox:3" && *n == 2)
+            && sizes
+                .iter()
+                .filter(|(i, _)| *i != "busybox:3")
+                .all(|(_, n)| *n == 0))
+        .then_some(())
+    });
+    assert!(recreated.is_some(), "{}", sets());
+    let pods = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=app",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let pods = k.ok(&[
+                "get",
+                "pods",
+                "-l",
+                "app=app",
+                "-o",
+                "jsonpath={.items[*].spec.containers[0].image}",
+            ]);
+            (pods.trim() == "busybox:3 busybox:3").then_some(())
+        })
+        .is_some(),
+        "{pods}"
+    );
+}
