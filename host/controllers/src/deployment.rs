@@ -187,9 +187,9 @@ fn revision_of(rs: &ReplicaSet) -> i64 {
         .unwrap_or(0)
 }
 
-/// A template as JSON with empty maps and lists dropped and keys sorted, so two templates
-/// that mean the same compare and hash the same.
-fn canonical(template: &PodTemplateSpec, without_hash: bool) -> Value {
+/// A template as JSON without its pod-template-hash label, empty maps and lists dropped
+/// and keys sorted, so two templates that mean the same compare and hash the same.
+fn canonical(template: &PodTemplateSpec) -> Value {
     fn clean(v: Value) -> Option<Value> {
         match v {
             Value::Null => None,
@@ -208,10 +208,9 @@ fn canonical(template: &PodTemplateSpec, without_hash: bool) -> Value {
         }
     }
     let mut t = serde_json::to_value(template).unwrap_or_default();
-    if without_hash
-        && let Some(labels) = t
-            .pointer_mut("/metadata/labels")
-            .and_then(Value::as_object_mut)
+    if let Some(labels) = t
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
     {
         labels.remove(HASH_LABEL);
     }
@@ -222,7 +221,7 @@ fn canonical(template: &PodTemplateSpec, without_hash: bool) -> Value {
 /// collision count, written in Kubernetes' alphabet for names.
 pub fn template_hash(template: &PodTemplateSpec, collisions: Option<i32>) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut text = canonical(template, true).to_string();
+    let mut text = canonical(template).to_string();
     if let Some(c) = collisions {
         text.push_str(&c.to_string());
     }
@@ -253,6 +252,8 @@ pub fn new_rs_replicas(replicas: i32, surge: i32, all_replicas: i32, new_replica
 /// One sync of one deployment.
 struct Sync<'a> {
     d: &'a Deployment,
+    /// The deployment's template, canonical: what a current ReplicaSet's equals.
+    want: Value,
     ctx: &'a Ctx,
     name: String,
     namespace: String,
@@ -264,6 +265,12 @@ impl<'a> Sync<'a> {
         let namespace = d.namespace().unwrap_or_default();
         Sync {
             d,
+            want: canonical(
+                &d.spec
+                    .as_ref()
+                    .map(|s| s.template.clone())
+                    .unwrap_or_default(),
+            ),
             ctx,
             name: d.name_any(),
             sets: Api::namespaced(ctx.client.clone(), &namespace),
@@ -321,19 +328,35 @@ impl<'a> Sync<'a> {
         } else {
             self.recreate(&mut all, &mut note).await?;
         }
-        let new = all.iter().position(|rs| {
-            canonical(
-                rs.spec
-                    .as_ref()
-                    .and_then(|s| s.template.as_ref())
-                    .unwrap_or(&Default::default()),
-                true,
-            ) == canonical(self.template(), true)
-        });
+        let new = all.iter().position(|rs| self.is_current(rs));
         if new.is_some() && !paused {
             self.cleanup(&all, new).await?;
         }
         self.status(&all, new, note).await
+    }
+
+    /// Whether `rs` runs the deployment's template (the new ReplicaSet), not an old one.
+    fn is_current(&self, rs: &ReplicaSet) -> bool {
+        rs.spec
+            .as_ref()
+            .and_then(|s| s.template.as_ref())
+            .is_some_and(|t| canonical(t) == self.want)
+    }
+
+    async fn patch_rs(
+        &self,
+        rs: &ReplicaSet,
+        patch: Value,
+        what: &'static str,
+    ) -> Result<ReplicaSet, Error> {
+        self.sets
+            .patch(
+                &rs.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(self.error(what))
     }
 
     fn template(&self) -> &PodTemplateSpec {
@@ -353,16 +376,7 @@ impl<'a> Sync<'a> {
         create: bool,
         note: &mut Option<(&'static str, String)>,
     ) -> Result<Option<usize>, Error> {
-        let want = canonical(self.template(), true);
-        let found = all.iter().position(|rs| {
-            canonical(
-                rs.spec
-                    .as_ref()
-                    .and_then(|s| s.template.as_ref())
-                    .unwrap_or(&Default::default()),
-                true,
-            ) == want
-        });
+        let found = all.iter().position(|rs| self.is_current(rs));
         let max_old = all
             .iter()
             .enumerate()
@@ -400,14 +414,8 @@ impl<'a> Sync<'a> {
                     "spec": {"minReadySeconds": min_ready},
                 });
                 all[i] = self
-                    .sets
-                    .patch(
-                        &rs.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await
-                    .map_err(self.error("updating the new replicaset"))?;
+                    .patch_rs(rs, patch, "updating the new replicaset")
+                    .await?;
             }
             self.set_revision(&all[i]).await?;
             if note.is_none() {
@@ -562,15 +570,7 @@ impl<'a> Sync<'a> {
             }},
             "spec": {"replicas": to},
         });
-        all[i] = self
-            .sets
-            .patch(
-                &rs.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(self.error("scaling a replicaset"))?;
+        all[i] = self.patch_rs(rs, patch, "scaling a replicaset").await?;
         if from != to {
             let direction = if to > from { "up" } else { "down" };
             self.event(
@@ -656,18 +656,9 @@ impl<'a> Sync<'a> {
         all: &mut Vec<ReplicaSet>,
         note: &mut Option<(&'static str, String)>,
     ) -> Result<(), Error> {
-        let want = canonical(self.template(), true);
         let mut scaled = false;
         for i in 0..all.len() {
-            let is_new = canonical(
-                all[i]
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.template.as_ref())
-                    .unwrap_or(&Default::default()),
-                true,
-            ) == want;
-            if !is_new && rs_replicas(&all[i]) > 0 {
+            if !self.is_current(&all[i]) && rs_replicas(&all[i]) > 0 {
                 scaled |= self.scale_rs(all, i, 0).await?;
             }
         }
@@ -677,15 +668,7 @@ impl<'a> Sync<'a> {
         // Old pods still running (or terminating) hold the new ones back.
         let old_uids: Vec<String> = all
             .iter()
-            .filter(|rs| {
-                canonical(
-                    rs.spec
-                        .as_ref()
-                        .and_then(|s| s.template.as_ref())
-                        .unwrap_or(&Default::default()),
-                    true,
-                ) != want
-            })
+            .filter(|rs| !self.is_current(rs))
             .filter_map(|rs| rs.uid())
             .collect();
         if !old_uids.is_empty() {

@@ -963,6 +963,16 @@ fn the_seed_deployment_scales_rolls_out_within_max_unavailable_and_is_undone() {
         ]);
         names.split_whitespace().count()
     };
+    let images_of_pods = || {
+        k.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=nginx",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ])
+    };
     rollout("created");
     // 1 → 2 → 4 → 1, each to the point where every pod is available.
     for n in [2, 4, 1] {
@@ -1017,14 +1027,7 @@ fn the_seed_deployment_scales_rolls_out_within_max_unavailable_and_is_undone() {
         &format!("nginx={v2}"),
     ]);
     rollout("rolled to v2");
-    let images = k.ok(&[
-        "get",
-        "pods",
-        "-l",
-        "app=nginx",
-        "-o",
-        "jsonpath={.items[*].spec.containers[0].image}",
-    ]);
+    let images = images_of_pods();
     assert_eq!(
         images.split_whitespace().filter(|i| *i == v2).count(),
         3,
@@ -1055,30 +1058,16 @@ fn the_seed_deployment_scales_rolls_out_within_max_unavailable_and_is_undone() {
     ]);
     assert_matches(&undo, "rolled back");
     rollout("undone");
-    let images = k.ok(&[
-        "get",
-        "pods",
-        "-l",
-        "app=nginx",
-        "-o",
-        "jsonpath={.items[*].spec.containers[0].image}",
-    ]);
     assert!(
         eventually(Duration::from_secs(40), || {
-            let images = k.ok(&[
-                "get",
-                "pods",
-                "-l",
-                "app=nginx",
-                "-o",
-                "jsonpath={.items[*].spec.containers[0].image}",
-            ]);
+            let images = images_of_pods();
             (images.split_whitespace().count() == 3
                 && images.split_whitespace().all(|i| i == s.image))
             .then_some(())
         })
         .is_some(),
-        "{images}"
+        "{}",
+        images_of_pods()
     );
     let revision = k.ok(&[
         "get",
