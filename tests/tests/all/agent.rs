@@ -279,9 +279,11 @@ fn graceful_delete_signals_the_container_and_finishes_the_delete() {
         "--grace-period=2",
         "--timeout=30s",
     ]);
+    // Not before the grace period; and done well within kubectl's 30 s, which a container
+    // that outlived its SIGKILL would exceed (the bound is wide for the emulated v2 guest).
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        took >= Duration::from_secs(2) && took < Duration::from_secs(25),
         "{took:?}"
     );
 }
@@ -568,13 +570,14 @@ fn probes_restart_unhealthy_containers_and_gate_readiness() {
         &[],
     );
     // Ready only while /tmp/ready exists; an httpGet probe on busybox httpd must pass too.
+    // The exec probe gets 10 s: in the emulated v2 guest an exec can take over a second.
     kubectl.apply(
         &pod(
             "readiness",
             &s.image,
             "Always",
             "httpd -p 8080 -h /www; exec sleep 1000",
-            "    ports: [{name: web, containerPort: 8080}]\n    readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1, failureThreshold: 1}\n    livenessProbe: {httpGet: {path: /index.html, port: web}, periodSeconds: 1}\n    startupProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}\n",
+            "    ports: [{name: web, containerPort: 8080}]\n    readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1, failureThreshold: 1, timeoutSeconds: 10}\n    livenessProbe: {httpGet: {path: /index.html, port: web}, periodSeconds: 1}\n    startupProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}\n",
         ),
         &[],
     );
