@@ -104,8 +104,14 @@ pub async fn serve_websocket<S>(
 {
     let (mut sink, mut incoming) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Message>(64);
+    let client_ready = tokio::time::Instant::now() + CLIENT_SETUP;
     // The one writer: output, the final status, and the close.
     let writer = tokio::spawn(async move {
+        // kubectl 1.32 reads the connection before it has made its streams (client-go's
+        // wsStreamCreator) and drops frames for streams it doesn't have yet ("Unknown
+        // stream id"): a command that answers at once could lose its output and status to
+        // a client that was slow to get there. Nothing goes out in the first moments.
+        tokio::time::sleep_until(client_ready).await;
         while let Some(m) = rx.recv().await {
             let closing = matches!(m, Message::Close(_));
             if sink.send(m).await.is_err() || closing {
@@ -206,6 +212,10 @@ pub async fn serve_websocket<S>(
     })
     .await;
 }
+
+/// How long after the upgrade a WebSocket session's first frame waits (see
+/// `serve_websocket`).
+const CLIENT_SETUP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How long a finished session waits for the client's half of the close handshake.
 const CLOSE_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
