@@ -40,7 +40,7 @@ use skiff_events::Kind;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info_span, warn};
 
-use crate::replicaset::controller_of;
+use crate::owners::controller_of;
 
 /// The name events are reported under.
 const CONTROLLER: &str = "deployment-controller";
@@ -220,8 +220,13 @@ fn canonical(template: &PodTemplateSpec) -> Value {
 /// The pod-template-hash of a template: FNV-1a (32 bits) of its canonical form and the
 /// collision count, written in Kubernetes' alphabet for names.
 pub fn template_hash(template: &PodTemplateSpec, collisions: Option<i32>) -> String {
+    hash_canonical(&canonical(template), collisions)
+}
+
+/// [`template_hash`] of a template already in canonical form.
+fn hash_canonical(canonical: &Value, collisions: Option<i32>) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut text = canonical(template).to_string();
+    let mut text = canonical.to_string();
     if let Some(c) = collisions {
         text.push_str(&c.to_string());
     }
@@ -359,15 +364,6 @@ impl<'a> Sync<'a> {
             .map_err(self.error(what))
     }
 
-    fn template(&self) -> &PodTemplateSpec {
-        static EMPTY: std::sync::OnceLock<PodTemplateSpec> = std::sync::OnceLock::new();
-        self.d
-            .spec
-            .as_ref()
-            .map(|s| &s.template)
-            .unwrap_or_else(|| EMPTY.get_or_init(PodTemplateSpec::default))
-    }
-
     /// The new ReplicaSet's index in `all`, found (its revision brought up to date) or,
     /// with `create`, made.
     async fn new_rs(
@@ -431,7 +427,7 @@ impl<'a> Sync<'a> {
         }
         let mut collisions = self.d.status.as_ref().and_then(|s| s.collision_count);
         loop {
-            let hash = template_hash(self.template(), collisions);
+            let hash = hash_canonical(&self.want, collisions);
             let rs = self.rs_for(&hash, revision, all);
             match self.sets.create(&PostParams::default(), &rs).await {
                 Ok(made) => {

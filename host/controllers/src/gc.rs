@@ -22,8 +22,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
-    Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams, Preconditions,
-    PropagationPolicy,
+    Api, DeleteParams, DynamicObject, PartialObjectMeta, Preconditions, PropagationPolicy,
 };
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiResource, Discovery, Scope, verbs};
@@ -411,10 +410,11 @@ impl Collector {
                 Err(e) => Err(Self::error("deleting", &node)(e)),
             };
         }
-        let kept: Vec<&OwnerReference> = node
+        let kept: Vec<OwnerReference> = node
             .owners
             .iter()
             .filter(|o| !gone.contains(&o.uid))
+            .cloned()
             .collect();
         self.set_owners(uid, &node, &kept).await
     }
@@ -509,7 +509,12 @@ impl Collector {
             .unwrap_or_else(|p| p.into_inner())
             .dependents_of(uid);
         for (dep_uid, dep) in &dependents {
-            let kept: Vec<&OwnerReference> = dep.owners.iter().filter(|o| o.uid != uid).collect();
+            let kept: Vec<OwnerReference> = dep
+                .owners
+                .iter()
+                .filter(|o| o.uid != uid)
+                .cloned()
+                .collect();
             self.set_owners(dep_uid, dep, &kept).await?;
         }
         self.remove_finalizer(uid, owner, ORPHAN).await
@@ -521,29 +526,21 @@ impl Collector {
         &self,
         uid: &str,
         node: &Node,
-        owners: &[&OwnerReference],
+        owners: &[OwnerReference],
     ) -> Result<(), Error> {
-        let replace = if owners.is_empty() {
-            json!({"op": "remove", "path": "/metadata/ownerReferences"})
-        } else {
-            json!({"op": "replace", "path": "/metadata/ownerReferences", "value": owners})
-        };
-        let patch = json!([
-            {"op": "test", "path": "/metadata/uid", "value": uid},
-            {"op": "test", "path": "/metadata/ownerReferences", "value": node.owners},
-            replace,
-        ]);
+        let patch = crate::owners::set_owners(uid, Some(&node.owners), owners);
         self.patch(node, patch, "updating the owner references of")
             .await
     }
 
     async fn remove_finalizer(&self, uid: &str, node: &Node, finalizer: &str) -> Result<(), Error> {
         let kept: Vec<&String> = node.finalizers.iter().filter(|f| *f != finalizer).collect();
-        let patch = json!([
+        let patch = serde_json::from_value(json!([
             {"op": "test", "path": "/metadata/uid", "value": uid},
             {"op": "test", "path": "/metadata/finalizers", "value": node.finalizers},
             {"op": "replace", "path": "/metadata/finalizers", "value": kept},
-        ]);
+        ]))
+        .expect("a valid JSON patch");
         info!(
             resource = %node.resource.plural,
             name = %node.name,
@@ -553,28 +550,17 @@ impl Collector {
         self.patch(node, patch, "removing a finalizer of").await
     }
 
-    /// A JSON patch; one whose tests fail (the object changed) is left to the change's
-    /// own event.
+    /// A guarded JSON patch (see `owners::guarded_patch`).
     async fn patch(
         &self,
         node: &Node,
-        patch: serde_json::Value,
+        patch: json_patch::Patch,
         what: &'static str,
     ) -> Result<(), Error> {
-        let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
-        match node
-            .api(&self.client)
-            .patch(
-                &node.name,
-                &PatchParams::default(),
-                &Patch::<()>::Json(patch),
-            )
+        crate::owners::guarded_patch(&node.api(&self.client), &node.name, patch)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Ok(()),
-            Err(e) => Err(Self::error(what, node)(e)),
-        }
+            .map(|_| ())
+            .map_err(Self::error(what, node))
     }
 }
 

@@ -30,6 +30,7 @@ pub mod csr;
 pub mod deployment;
 pub mod gc;
 pub mod namespace;
+pub mod owners;
 pub mod replicaset;
 pub mod serviceaccount;
 

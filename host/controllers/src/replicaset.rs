@@ -28,6 +28,8 @@ use serde_json::{Value, json};
 use skiff_core::labels::Selector;
 use skiff_events::Kind;
 use tokio_util::sync::CancellationToken;
+
+use crate::owners::{self, controller_of};
 use tracing::{Instrument as _, info_span, warn};
 
 /// The name events are reported under.
@@ -113,11 +115,6 @@ fn error_policy(_rs: Arc<ReplicaSet>, err: &Error, _ctx: Arc<Ctx>) -> Action {
         "reconciling a replicaset"
     );
     Action::requeue(Duration::from_secs(5))
-}
-
-/// The owner reference with `controller: true`, if any.
-pub fn controller_of(owners: &Option<Vec<OwnerReference>>) -> Option<&OwnerReference> {
-    owners.iter().flatten().find(|o| o.controller == Some(true))
 }
 
 fn selector_of(rs: &ReplicaSet) -> Result<Selector, String> {
@@ -456,42 +453,18 @@ async fn set_controller(
     pod: &Pod,
     owner: Option<&OwnerReference>,
 ) -> Result<bool, Error> {
-    let current = pod.metadata.owner_references.clone().unwrap_or_default();
+    let current = pod.metadata.owner_references.as_deref();
     let mut owners: Vec<OwnerReference> = current
-        .iter()
+        .into_iter()
+        .flatten()
         .filter(|o| o.controller != Some(true))
         .cloned()
         .collect();
     owners.extend(owner.cloned());
-    let test_owners = if pod.metadata.owner_references.is_some() {
-        json!({"op": "test", "path": "/metadata/ownerReferences", "value": current})
-    } else {
-        // Absent: adding the array fails if it appeared meanwhile.
-        json!({"op": "add", "path": "/metadata/ownerReferences", "value": []})
-    };
-    // An empty list is left out, as Kubernetes leaves it out.
-    let set = if owners.is_empty() {
-        json!({"op": "remove", "path": "/metadata/ownerReferences"})
-    } else {
-        json!({"op": "replace", "path": "/metadata/ownerReferences", "value": owners})
-    };
-    let patch = json!([
-        {"op": "test", "path": "/metadata/uid", "value": pod.uid()},
-        test_owners,
-        set,
-    ]);
-    let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::<()>::Json(patch),
-        )
+    let patch = owners::set_owners(&pod.uid().unwrap_or_default(), current, &owners);
+    owners::guarded_patch(api, &pod.name_any(), patch)
         .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Ok(false),
-        Err(source) => Err(Error::Api {
+        .map_err(|source| Error::Api {
             namespace: pod.namespace().unwrap_or_default(),
             name: pod.name_any(),
             what: if owner.is_some() {
@@ -500,8 +473,7 @@ async fn set_controller(
                 "releasing a pod"
             },
             source,
-        }),
-    }
+        })
 }
 
 #[cfg(test)]

@@ -492,27 +492,22 @@ fn deployments_pause_restart_recreate_and_report_a_missed_progress_deadline() {
         .then_some(())
     });
     assert!(recreated.is_some(), "{}", sets());
-    let pods = k.ok(&[
-        "get",
-        "pods",
-        "-l",
-        "app=app",
-        "-o",
-        "jsonpath={.items[*].spec.containers[0].image}",
-    ]);
+    let images = || {
+        k.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=app",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ])
+    };
     assert!(
         eventually(Duration::from_secs(20), || {
-            let pods = k.ok(&[
-                "get",
-                "pods",
-                "-l",
-                "app=app",
-                "-o",
-                "jsonpath={.items[*].spec.containers[0].image}",
-            ]);
-            (pods.trim() == "busybox:3 busybox:3").then_some(())
+            (images().trim() == "busybox:3 busybox:3").then_some(())
         })
         .is_some(),
-        "{pods}"
+        "{}",
+        images()
     );
 }
