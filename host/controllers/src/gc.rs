@@ -28,7 +28,6 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{ApiResource, Discovery, Scope, verbs};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt as _};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -534,13 +533,7 @@ impl Collector {
     }
 
     async fn remove_finalizer(&self, uid: &str, node: &Node, finalizer: &str) -> Result<(), Error> {
-        let kept: Vec<&String> = node.finalizers.iter().filter(|f| *f != finalizer).collect();
-        let patch = serde_json::from_value(json!([
-            {"op": "test", "path": "/metadata/uid", "value": uid},
-            {"op": "test", "path": "/metadata/finalizers", "value": node.finalizers},
-            {"op": "replace", "path": "/metadata/finalizers", "value": kept},
-        ]))
-        .expect("a valid JSON patch");
+        let patch = crate::owners::without_finalizer(uid, &node.finalizers, finalizer);
         info!(
             resource = %node.resource.plural,
             name = %node.name,

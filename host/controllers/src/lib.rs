@@ -4,9 +4,11 @@
 //! - [`csr`]: approves node agents' CertificateSigningRequests that prove who they are,
 //!   and signs approved requests with the cluster CA (kube's csrapproving and
 //!   csrsigning controllers).
+//! - [`cronjob`]: a Job at each time of a schedule.
 //! - [`deployment`]: rollouts of a pod template through ReplicaSets.
 //! - [`gc`]: the garbage collector: deletes objects whose owners are gone and carries out
 //!   foreground and orphan deletion.
+//! - [`job`]: pods run to completion, and finished jobs deleted after their TTL.
 //! - [`namespace`]: deletes a deleted namespace's content, then the namespace.
 //! - [`replicaset`]: as many pods as a ReplicaSet's replicas.
 //! - [`serviceaccount`]: a `default` ServiceAccount in every namespace.
@@ -26,11 +28,14 @@
 //! ```
 
 pub mod bootstrap;
+pub mod cronjob;
 pub mod csr;
 pub mod deployment;
 pub mod gc;
+pub mod job;
 pub mod namespace;
 pub mod owners;
+pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
 
@@ -50,11 +55,17 @@ pub const CONTROLLERS: &[(&str, &[&str])] = &[
             "csrapproving",
         ],
     ),
+    ("cronjob-controller", &["cronjob"]),
     ("deployment-controller", &["deployment"]),
     ("garbage-collector-controller", &["garbagecollector"]),
+    ("job-controller", &["job"]),
     ("namespace-controller", &["namespace"]),
     ("replicaset-controller", &["replicaset"]),
     ("serviceaccount-controller", &["serviceaccount"]),
+    (
+        "ttl-after-finished-controller",
+        &["ttl-after-finished", "ttl"],
+    ),
 ];
 
 /// The certificate controller (approval and signing in one), which needs the CA's key.
@@ -135,12 +146,17 @@ pub async fn run(
                     continue;
                 }
             },
+            "cronjob-controller" => running.push(Box::pin(cronjob::run(client, shutdown))),
             "deployment-controller" => running.push(Box::pin(deployment::run(client, shutdown))),
             "garbage-collector-controller" => running.push(Box::pin(gc::run(client, shutdown))),
+            "job-controller" => running.push(Box::pin(job::run(client, shutdown))),
             "namespace-controller" => running.push(Box::pin(namespace::run(client, shutdown))),
             "replicaset-controller" => running.push(Box::pin(replicaset::run(client, shutdown))),
             "serviceaccount-controller" => {
                 running.push(Box::pin(serviceaccount::run(client, shutdown)))
+            }
+            "ttl-after-finished-controller" => {
+                running.push(Box::pin(job::run_ttl(client, shutdown)))
             }
             other => unreachable!("{other} is in CONTROLLERS but has no runner"),
         }

@@ -1,5 +1,5 @@
 //! Owner references and guarded writes, shared by the controllers that adopt, release or
-//! orphan objects (the ReplicaSet controller, the garbage collector).
+//! orphan objects or drop their finalizers (the workload controllers, the garbage collector).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
@@ -33,6 +33,28 @@ pub(crate) fn set_owners(
     let patch = json!([
         {"op": "test", "path": "/metadata/uid", "value": uid},
         test_current,
+        set,
+    ]);
+    serde_json::from_value(patch).expect("a valid JSON patch")
+}
+
+/// A JSON patch that takes `finalizer` out of an object's `current` finalizers, applied
+/// only if the object is still the one with `uid` and still has exactly those.
+pub(crate) fn without_finalizer(
+    uid: &str,
+    current: &[String],
+    finalizer: &str,
+) -> json_patch::Patch {
+    let kept: Vec<&String> = current.iter().filter(|f| *f != finalizer).collect();
+    // The field goes when it empties, as Kubernetes leaves empty lists out.
+    let set = if kept.is_empty() {
+        json!({"op": "remove", "path": "/metadata/finalizers"})
+    } else {
+        json!({"op": "replace", "path": "/metadata/finalizers", "value": kept})
+    };
+    let patch = json!([
+        {"op": "test", "path": "/metadata/uid", "value": uid},
+        {"op": "test", "path": "/metadata/finalizers", "value": current},
         set,
     ]);
     serde_json::from_value(patch).expect("a valid JSON patch")

@@ -18,53 +18,26 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, Resource as _, ResourceExt as _};
+use kube::{Client, ResourceExt as _};
 use serde_json::{Value, json};
 use skiff_core::labels::Selector;
-use skiff_events::Kind;
 use tokio_util::sync::CancellationToken;
-
-use crate::owners::{self, controller_of};
 use tracing::{Instrument as _, info_span, warn};
+
+use crate::owners::controller_of;
+use crate::pods::PodControl;
+pub use crate::pods::{is_active, ready_since};
 
 /// The name events are reported under.
 const CONTROLLER: &str = "replicaset-controller";
 /// At most this many pods are created or deleted per pass (Kubernetes' burstReplicas).
 const BURST: usize = 500;
 
-/// Why a ReplicaSet could not be brought to its replicas this time (it is retried).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// Listing, creating, deleting or patching through the API failed.
-    #[error("{what} for replicaset {namespace}/{name}")]
-    Api {
-        /// The ReplicaSet's namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// What was being done.
-        what: &'static str,
-        /// Why.
-        #[source]
-        source: kube::Error,
-    },
-    /// The selector can't be used (validation keeps these out; an old object may have one).
-    #[error("replicaset {namespace}/{name} has an invalid selector: {reason}")]
-    Selector {
-        /// The ReplicaSet's namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// Why.
-        reason: String,
-    },
-}
+pub use crate::pods::Error;
 
 struct Ctx {
     client: Client,
@@ -131,30 +104,6 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     reconcile_one(rs, ctx).instrument(span).await
 }
 
-/// Whether a pod counts toward its ReplicaSet: not finished and not being deleted.
-pub fn is_active(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
-}
-
-/// When the pod became Ready, if it is.
-pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
-    let ready = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")?;
-    Some(
-        ready
-            .last_transition_time
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
-    )
-}
-
 /// Whether a ready pod has been ready for `min_ready` at `now`; if not yet, how long until.
 pub fn available(
     pod: &Pod,
@@ -215,99 +164,18 @@ async fn reconcile_one(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
     }
     let name = rs.name_any();
     let namespace = rs.namespace().unwrap_or_default();
-    let uid = rs.uid().unwrap_or_default();
-    let api_error = |what: &'static str| {
-        let (namespace, name) = (namespace.clone(), name.clone());
-        move |source| Error::Api {
-            namespace,
-            name,
-            what,
-            source,
-        }
-    };
-    let selector = selector_of(&rs).map_err(|reason| Error::Selector {
-        namespace: namespace.clone(),
-        name: name.clone(),
-        reason,
-    })?;
+    let control = PodControl::new(ctx.client.clone(), &ctx.recorder, &*rs, "apps/v1");
+    let selector = selector_of(&rs).map_err(|reason| control.bad_selector(reason))?;
     let spec = rs.spec.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pods = pods_api
-        .list(&ListParams::default())
-        .await
-        .map_err(api_error("listing pods"))?
-        .items;
-    let me = controller_ref(&rs);
-    let mut mine = Vec::new();
-    for pod in pods {
-        let object = json!({"metadata": {"labels": pod.metadata.labels}});
-        let matches = !selector.is_empty() && selector.matches_object(&object);
-        match controller_of(&pod.metadata.owner_references) {
-            Some(owner) if owner.uid == uid => {
-                if matches {
-                    mine.push(pod);
-                } else {
-                    // No longer selected: released, and no longer counted.
-                    set_controller(&pods_api, &pod, None).await?;
-                }
-            }
-            Some(_) => {}
-            None if matches
-                && pod.metadata.deletion_timestamp.is_none()
-                && set_controller(&pods_api, &pod, Some(&me)).await? =>
-            {
-                mine.push(pod);
-            }
-            None => {}
-        }
-    }
+    let mine = control.claim(control.list().await?, &selector).await?;
     let active: Vec<&Pod> = mine.iter().filter(|p| is_active(p)).collect();
-    let reference = rs.object_ref(&());
     let mut failure = None;
     if active.len() < replicas {
         let missing = (replicas - active.len()).min(BURST);
-        let pod = pod_from_template(&rs, &me);
-        let post = PostParams::default();
-        let mut created = 0;
-        let mut batch = 1;
-        'batches: while created < missing {
-            let size = batch.min(missing - created);
-            let results =
-                futures::future::join_all((0..size).map(|_| pods_api.create(&post, &pod))).await;
-            for result in results {
-                match result {
-                    Ok(p) => {
-                        created += 1;
-                        ctx.recorder
-                            .publish(
-                                &reference,
-                                Kind::Normal,
-                                "SuccessfulCreate",
-                                format!("Created pod: {}", p.name_any()),
-                            )
-                            .await;
-                    }
-                    Err(e) => {
-                        let message = match &e {
-                            kube::Error::Api(s) => s.message.clone(),
-                            other => other.to_string(),
-                        };
-                        ctx.recorder
-                            .publish(
-                                &reference,
-                                Kind::Warning,
-                                "FailedCreate",
-                                format!("Error creating: {message}"),
-                            )
-                            .await;
-                        failure = Some(message);
-                        break 'batches;
-                    }
-                }
-            }
-            batch *= 2;
-        }
+        let mut pod = control.pod_from(spec.template.as_ref());
+        pod.metadata.generate_name = Some(format!("{name}-"));
+        failure = control.create_batches(missing, |_| pod.clone()).await.1;
     } else if active.len() > replicas {
         let mut doomed = active.clone();
         doomed.sort_by_cached_key(|p| deletion_rank(p));
@@ -315,27 +183,7 @@ async fn reconcile_one(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
             .into_iter()
             .take((active.len() - replicas).min(BURST))
         {
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: pod.uid(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match pods_api.delete(&pod.name_any(), &params).await {
-                Ok(_) => {
-                    ctx.recorder
-                        .publish(
-                            &reference,
-                            Kind::Normal,
-                            "SuccessfulDelete",
-                            format!("Deleted pod: {}", pod.name_any()),
-                        )
-                        .await;
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                Err(e) => return Err(api_error("deleting a pod")(e)),
-            }
+            control.delete(pod).await?;
         }
     }
 
@@ -404,7 +252,7 @@ async fn reconcile_one(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
                 &Patch::Merge(json!({"status": status})),
             )
             .await
-            .map_err(api_error("updating the status"))?;
+            .map_err(control.error("updating the status"))?;
     }
     if failure.is_some() {
         return Ok(Action::requeue(Duration::from_secs(5)));
@@ -413,67 +261,6 @@ async fn reconcile_one(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
         Some(wait) => Action::requeue(wait + Duration::from_millis(100)),
         None => Action::await_change(),
     })
-}
-
-/// The owner reference a ReplicaSet puts on its pods.
-fn controller_ref(rs: &ReplicaSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        name: rs.name_any(),
-        uid: rs.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-/// A new pod from the ReplicaSet's template, named after the ReplicaSet.
-fn pod_from_template(rs: &ReplicaSet, owner: &OwnerReference) -> Pod {
-    let template = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
-    let mut metadata = template.metadata.unwrap_or_default();
-    metadata.name = None;
-    metadata.generate_name = Some(format!("{}-", rs.name_any()));
-    metadata.namespace = rs.namespace();
-    metadata.owner_references = Some(vec![owner.clone()]);
-    Pod {
-        metadata,
-        spec: template.spec,
-        status: None,
-    }
-}
-
-/// Adopts (`Some`) or releases (`None`) a pod, if it is still the pod as read (a JSON
-/// patch that tests its uid and owner references). Returns whether it changed.
-async fn set_controller(
-    api: &Api<Pod>,
-    pod: &Pod,
-    owner: Option<&OwnerReference>,
-) -> Result<bool, Error> {
-    let current = pod.metadata.owner_references.as_deref();
-    let mut owners: Vec<OwnerReference> = current
-        .into_iter()
-        .flatten()
-        .filter(|o| o.controller != Some(true))
-        .cloned()
-        .collect();
-    owners.extend(owner.cloned());
-    let patch = owners::set_owners(&pod.uid().unwrap_or_default(), current, &owners);
-    owners::guarded_patch(api, &pod.name_any(), patch)
-        .await
-        .map_err(|source| Error::Api {
-            namespace: pod.namespace().unwrap_or_default(),
-            name: pod.name_any(),
-            what: if owner.is_some() {
-                "adopting a pod"
-            } else {
-                "releasing a pod"
-            },
-            source,
-        })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //!   server fills in;
 //! - [`proto`]: Kubernetes protobuf request bodies, decoded into JSON;
 //! - [`cel`]: CRD validation rules (`x-kubernetes-validations`);
+//! - [`cron`]: CronJob schedules;
 //! - [`status`]: errors as Kubernetes `Status` objects;
 //! - [`time`]: timestamps and ages.
 //!
@@ -28,6 +29,7 @@
 pub mod cel;
 pub mod convert;
 pub mod crd;
+pub mod cron;
 pub mod csr;
 pub mod defaults;
 pub mod fields;

@@ -151,12 +151,26 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Fiel
         }
         ("batch", "jobs") => job(obj.get("spec"), "spec", &mut errs),
         ("batch", "cronjobs") => {
-            if obj
-                .pointer("/spec/schedule")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
+            match obj.pointer("/spec/schedule").and_then(Value::as_str) {
+                None | Some("") => errs.push(FieldError::required("spec.schedule", "")),
+                Some(schedule) => {
+                    if let Err(e) = schedule.parse::<crate::cron::Schedule>() {
+                        errs.push(FieldError::invalid(
+                            "spec.schedule",
+                            schedule,
+                            e.to_string(),
+                        ));
+                    }
+                }
+            }
+            if let Some(zone) = obj.pointer("/spec/timeZone").and_then(Value::as_str)
+                && jiff::tz::TimeZone::get(zone).is_err()
             {
-                errs.push(FieldError::required("spec.schedule", ""));
+                errs.push(FieldError::invalid(
+                    "spec.timeZone",
+                    zone,
+                    format!("unknown time zone {zone}"),
+                ));
             }
             job(
                 obj.pointer("/spec/jobTemplate/spec"),
@@ -1208,6 +1222,28 @@ mod tests {
         );
         assert_eq!(errs.len(), 1);
         assert!(errs[0].contains("`selector` does not match template `labels`"));
+    }
+
+    #[test]
+    fn cronjob_schedules_and_time_zones_must_parse() {
+        let cronjob = |schedule: &str, zone: Value| {
+            check(
+                "batch",
+                "cronjobs",
+                json!({"metadata": {"name": "c"}, "spec": {"schedule": schedule, "timeZone": zone,
+                       "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                           "containers": [{"name": "c", "image": "i"}]}}}}}}),
+            )
+        };
+        assert!(cronjob("*/1 * * * *", json!("Europe/Berlin")).is_empty());
+        assert!(cronjob("@hourly", Value::Null).is_empty());
+        assert_eq!(
+            cronjob("61 * * * *", json!("Mars/Olympus")),
+            [
+                "spec.schedule: Invalid value: \"61 * * * *\": minute 61 out of range [0, 59]",
+                "spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus",
+            ]
+        );
     }
 
     #[test]

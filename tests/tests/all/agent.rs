@@ -1092,3 +1092,171 @@ fn the_seed_deployment_scales_rolls_out_within_max_unavailable_and_is_undone() {
     ]);
     assert_eq!(condition, "NewReplicaSetAvailable");
 }
+
+fn job(name: &str, image: &str, command: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n{spec}  template:\n    spec:\n      restartPolicy: Never\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {image}\n        command: [\"sh\", \"-c\", {command:?}]\n"
+    )
+}
+
+#[test]
+fn jobs_run_pods_to_completion_or_failure_and_a_cronjob_starts_one_each_minute() {
+    let s = setup();
+    let k = s.cluster.kubectl();
+    // First, as it has up to a minute to wait.
+    k.apply(
+        &format!(
+            "apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: minutely}}\nspec:\n  schedule: \"*/1 * * * *\"\n  timeZone: Etc/UTC\n  successfulJobsHistoryLimit: 1\n  jobTemplate:\n    metadata: {{labels: {{from: minutely}}}}\n    spec:\n      template:\n        spec:\n          restartPolicy: OnFailure\n          containers: [{{name: tick, image: {}, command: [echo, tick]}}]\n",
+            s.image
+        ),
+        &[],
+    );
+    k.apply(
+        &job(
+            "indexed",
+            &s.image,
+            "echo index $JOB_COMPLETION_INDEX on $(hostname)",
+            "  completions: 3\n  parallelism: 2\n  completionMode: Indexed\n",
+        ),
+        &[],
+    );
+    k.apply(
+        &job("doomed", &s.image, "exit 42", "  backoffLimit: 6\n  podFailurePolicy:\n    rules: [{action: FailJob, onExitCodes: {operator: In, values: [42]}}]\n"),
+        &[],
+    );
+    k.apply(
+        &job("flaky", &s.image, "exit 1", "  backoffLimit: 0\n"),
+        &[],
+    );
+    k.apply(
+        &job("brief", &s.image, "true", "  ttlSecondsAfterFinished: 1\n"),
+        &[],
+    );
+    let wait_for = |job: &str, condition: &str| {
+        let run = k.run(&[
+            "wait",
+            &format!("--for=condition={condition}"),
+            &format!("job/{job}"),
+            "--timeout=90s",
+        ]);
+        assert_eq!(
+            run.code,
+            0,
+            "job {job} never {condition}: {run:?}\n{}",
+            k.ok(&["get", "job", job, "-o", "yaml"])
+        );
+    };
+    let get = |job: &str, path: &str| k.ok(&["get", "job", job, "-o", &format!("jsonpath={path}")]);
+
+    // Every index runs once, as a pod named and numbered for it.
+    wait_for("indexed", "complete");
+    assert_eq!(
+        get("indexed", "{.status.succeeded}/{.status.completedIndexes}"),
+        "3/0-2"
+    );
+    let logs = k.ok(&["logs", "-l", "job-name=indexed", "--prefix=false"]);
+    for i in 0..3 {
+        assert_matches(&logs, &format!("(?m)^index {i} on indexed-{i}$"));
+    }
+    let finalizers = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "job-name=indexed",
+        "-o",
+        "jsonpath={.items[*].metadata.finalizers}",
+    ]);
+    assert_eq!(finalizers, "", "counted pods keep no tracking finalizer");
+    assert_matches(
+        &k.ok(&["get", "job", "indexed"]),
+        r"(?m)^indexed +Complete +3/3 +\d+s",
+    );
+    assert_matches(
+        &k.ok(&["describe", "job", "indexed"]),
+        r"SuccessfulCreate .*Created pod: indexed-2-\w+",
+    );
+
+    // Exit 42 matches the FailJob rule; exit 1 with no retries exceeds the backoff limit.
+    wait_for("doomed", "failed");
+    assert_matches(
+        &get(
+            "doomed",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}: {.status.conditions[?(@.type==\"Failed\")].message}",
+        ),
+        r"^PodFailurePolicy: Container main for pod default/doomed-\w+ failed with exit code 42 matching FailJob rule at index 0$",
+    );
+    assert_eq!(get("doomed", "{.status.failed}"), "1");
+    wait_for("flaky", "failed");
+    assert_eq!(
+        get(
+            "flaky",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}/{.status.failed}"
+        ),
+        "BackoffLimitExceeded/1"
+    );
+    assert_matches(
+        &k.ok(&["get", "job", "flaky"]),
+        r"(?m)^flaky +Failed +0/1 +",
+    );
+
+    // A second after it finished, the brief job is deleted with its pod.
+    let gone = eventually(Duration::from_secs(30), || {
+        let job = k.run(&["get", "job", "brief"]);
+        let pods = k.ok(&["get", "pods", "-l", "job-name=brief", "-o", "name"]);
+        (job.code != 0 && pods.is_empty()).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "{}",
+        k.ok(&["get", "job,pods", "-o", "wide"])
+    );
+
+    // The CronJob's job: on a minute, named for it, done, and the CronJob says so.
+    let run = eventually(Duration::from_secs(100), || {
+        let status = k.ok(&[
+            "get",
+            "cronjob",
+            "minutely",
+            "-o",
+            "jsonpath={.status.lastScheduleTime} {.status.lastSuccessfulTime}",
+        ]);
+        let (scheduled, succeeded) = status.split_once(' ')?;
+        (!succeeded.is_empty()).then(|| scheduled.to_owned())
+    });
+    let scheduled = run.unwrap_or_else(|| {
+        panic!(
+            "the cronjob never ran a job to success:\n{}\n{}",
+            k.ok(&["get", "cronjob,jobs,pods", "-o", "wide"]),
+            k.ok(&["describe", "cronjob", "minutely"])
+        )
+    });
+    assert_matches(&scheduled, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:00Z$");
+    let minutes = scheduled.parse::<jiff::Timestamp>().unwrap().as_second() / 60;
+    let job_name = format!("minutely-{minutes}");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "jobs",
+            "-l",
+            "from=minutely",
+            "-o",
+            "jsonpath={.items[0].metadata.name}"
+        ]),
+        job_name
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "job",
+            &job_name,
+            "-o",
+            "jsonpath={.metadata.annotations.batch\\.kubernetes\\.io/cronjob-scheduled-timestamp}",
+        ]),
+        scheduled.replace('Z', "+00:00")
+    );
+    assert_eq!(k.ok(&["logs", &format!("job/{job_name}")]), "tick\n");
+    assert_matches(
+        &k.ok(&["describe", "cronjob", "minutely"]),
+        &format!("SuccessfulCreate .*Created job {job_name}"),
+    );
+}

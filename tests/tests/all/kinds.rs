@@ -75,10 +75,11 @@ const KINDS: &[(&str, &[&str], &str, &str)] = &[
         r"^pi +Running +0/1 +",
     ),
     (
-        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n  schedule: \"*/1 * * * *\"\n  jobTemplate: {spec: {template: {spec: {restartPolicy: OnFailure, containers: [{name: c, image: busybox}]}}}}\n",
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n  schedule: \"*/1 * * * *\"\n  suspend: true\n  jobTemplate: {spec: {template: {spec: {restartPolicy: OnFailure, containers: [{name: c, image: busybox}]}}}}\n",
         &["get", "cj", "tick"],
         r"^NAME +SCHEDULE +TIMEZONE +SUSPEND +ACTIVE +LAST SCHEDULE +AGE",
-        r"^tick +\*/1 \* \* \* \* +<none> +False +0 +<none> +",
+        // Suspended, so that a minute passing can't make a job.
+        r"^tick +\*/1 \* \* \* \* +<none> +True +0 +<none> +",
     ),
     (
         "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: web}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  minReplicas: 1\n  maxReplicas: 5\n  metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}}]\n",
