@@ -40,6 +40,7 @@ use skiff_events::Kind;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info_span, warn};
 
+use crate::history;
 use crate::owners::controller_of;
 
 /// The name events are reported under.
@@ -187,26 +188,9 @@ fn revision_of(rs: &ReplicaSet) -> i64 {
         .unwrap_or(0)
 }
 
-/// A template as JSON without its pod-template-hash label, empty maps and lists dropped
-/// and keys sorted, so two templates that mean the same compare and hash the same.
+/// A template as JSON without its pod-template-hash label, in canonical form (see
+/// [`history::canonical`]), so two templates that mean the same compare and hash the same.
 fn canonical(template: &PodTemplateSpec) -> Value {
-    fn clean(v: Value) -> Option<Value> {
-        match v {
-            Value::Null => None,
-            Value::Object(m) => {
-                let sorted: BTreeMap<String, Value> = m
-                    .into_iter()
-                    .filter_map(|(k, v)| clean(v).map(|v| (k, v)))
-                    .collect();
-                (!sorted.is_empty()).then(|| Value::Object(sorted.into_iter().collect()))
-            }
-            Value::Array(a) => {
-                let items: Vec<Value> = a.into_iter().filter_map(clean).collect();
-                (!items.is_empty()).then_some(Value::Array(items))
-            }
-            other => Some(other),
-        }
-    }
     let mut t = serde_json::to_value(template).unwrap_or_default();
     if let Some(labels) = t
         .pointer_mut("/metadata/labels")
@@ -214,31 +198,12 @@ fn canonical(template: &PodTemplateSpec) -> Value {
     {
         labels.remove(HASH_LABEL);
     }
-    clean(t).unwrap_or_default()
+    history::canonical(t)
 }
 
-/// The pod-template-hash of a template: FNV-1a (32 bits) of its canonical form and the
-/// collision count, written in Kubernetes' alphabet for names.
+/// The pod-template-hash of a template: [`history::hash`] of its canonical form.
 pub fn template_hash(template: &PodTemplateSpec, collisions: Option<i32>) -> String {
-    hash_canonical(&canonical(template), collisions)
-}
-
-/// [`template_hash`] of a template already in canonical form.
-fn hash_canonical(canonical: &Value, collisions: Option<i32>) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut text = canonical.to_string();
-    if let Some(c) = collisions {
-        text.push_str(&c.to_string());
-    }
-    let mut hash: u32 = 0x811c_9dc5;
-    for b in text.bytes() {
-        hash ^= b as u32;
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash.to_string()
-        .bytes()
-        .map(|b| ALPHABET[b as usize % ALPHABET.len()] as char)
-        .collect()
+    history::hash(&canonical(template), collisions)
 }
 
 /// How many replicas the new ReplicaSet may have now in a rolling update: up to the
@@ -427,7 +392,7 @@ impl<'a> Sync<'a> {
         }
         let mut collisions = self.d.status.as_ref().and_then(|s| s.collision_count);
         loop {
-            let hash = hash_canonical(&self.want, collisions);
+            let hash = history::hash(&self.want, collisions);
             let rs = self.rs_for(&hash, revision, all);
             match self.sets.create(&PostParams::default(), &rs).await {
                 Ok(made) => {

@@ -5,9 +5,11 @@
 //!   and signs approved requests with the cluster CA (kube's csrapproving and
 //!   csrsigning controllers).
 //! - [`cronjob`]: a Job at each time of a schedule.
+//! - [`daemonset`]: a pod on each node that qualifies.
 //! - [`deployment`]: rollouts of a pod template through ReplicaSets.
 //! - [`gc`]: the garbage collector: deletes objects whose owners are gone and carries out
 //!   foreground and orphan deletion.
+//! - [`history`]: template hashes and ControllerRevisions.
 //! - [`job`]: pods run to completion, and finished jobs deleted after their TTL.
 //! - [`namespace`]: deletes a deleted namespace's content, then the namespace.
 //! - [`replicaset`]: as many pods as a ReplicaSet's replicas.
@@ -30,8 +32,10 @@
 pub mod bootstrap;
 pub mod cronjob;
 pub mod csr;
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
+pub mod history;
 pub mod job;
 pub mod namespace;
 pub mod owners;
@@ -56,6 +60,7 @@ pub const CONTROLLERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("cronjob-controller", &["cronjob"]),
+    ("daemonset-controller", &["daemonset"]),
     ("deployment-controller", &["deployment"]),
     ("garbage-collector-controller", &["garbagecollector"]),
     ("job-controller", &["job"]),
@@ -147,6 +152,7 @@ pub async fn run(
                 }
             },
             "cronjob-controller" => running.push(Box::pin(cronjob::run(client, shutdown))),
+            "daemonset-controller" => running.push(Box::pin(daemonset::run(client, shutdown))),
             "deployment-controller" => running.push(Box::pin(deployment::run(client, shutdown))),
             "garbage-collector-controller" => running.push(Box::pin(gc::run(client, shutdown))),
             "job-controller" => running.push(Box::pin(job::run(client, shutdown))),

@@ -11,6 +11,7 @@
 //! - [`proto`]: Kubernetes protobuf request bodies, decoded into JSON;
 //! - [`cel`]: CRD validation rules (`x-kubernetes-validations`);
 //! - [`cron`]: CronJob schedules;
+//! - [`scheduling`]: node selector terms, affinity and taints: where a pod may run;
 //! - [`status`]: errors as Kubernetes `Status` objects;
 //! - [`time`]: timestamps and ages.
 //!
@@ -44,6 +45,7 @@ pub mod quantity;
 pub mod query;
 pub mod registry;
 pub mod resources;
+pub mod scheduling;
 pub mod schema;
 pub mod smp;
 pub mod ssa;

@@ -173,41 +173,10 @@ impl Plugin for TaintToleration {
     }
 }
 
-/// Whether a node selector requirement matches a node.
-fn requirement_matches(r: &core::NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        op @ ("Gt" | "Lt") => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if op == "Gt" { v > bound } else { v < bound }
-        }
-        _ => false,
-    }
-}
-
 /// Whether a node selector term matches (its expressions and fields all hold; an empty
 /// term matches nothing).
 pub fn term_matches(term: &core::NodeSelectorTerm, node: &NodeState) -> bool {
-    let expressions = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if expressions.is_empty() && fields.is_empty() {
-        return false;
-    }
-    expressions
-        .iter()
-        .all(|r| requirement_matches(r, node.info.label(&r.key)))
-        && fields
-            .iter()
-            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(node.info.name())))
+    skiff_core::scheduling::term_matches(term, node.info.name(), |k| node.info.label(k))
 }
 
 fn node_affinity(pod: &PodInfo) -> Option<&core::NodeAffinity> {

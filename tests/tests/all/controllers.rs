@@ -511,3 +511,132 @@ fn deployments_pause_restart_recreate_and_report_a_missed_progress_deadline() {
         images()
     );
 }
+
+const DS: &str = "apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: logger}
+spec:
+  selector: {matchLabels: {app: logger}}
+  template:
+    metadata: {labels: {app: logger}}
+    spec:
+      nodeSelector: {pool: a}
+      containers: [{name: c, image: busybox:1}]
+";
+
+/// Simulated nodes (no agent): where the DaemonSet's pods go, and its revisions.
+#[test]
+fn daemonsets_follow_nodes_their_selector_and_taints_and_roll_back_by_revision() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    for (name, pool) in [("n1", "a"), ("n2", "a"), ("n3", "b")] {
+        k.apply(
+            &format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{pool: {pool}}}}}\nstatus:\n  allocatable: {{cpu: '4', memory: 8Gi, pods: '20'}}\n"
+            ),
+            &[],
+        );
+    }
+    k.apply(DS, &[]);
+    // Each pod is pinned to its node by name, and tolerates what daemons tolerate. (With
+    // no agent, deleted pods stay, terminating, and are left out.)
+    let placed = || {
+        let out = k.ok(&["get", "pods", "-l", "app=logger", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut v: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                let terms = &p["spec"]["affinity"]["nodeAffinity"]
+                    ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+                let node = terms[0]["matchFields"][0]["values"][0].as_str().unwrap();
+                let image = p["spec"]["containers"][0]["image"].as_str().unwrap();
+                format!("{node}={image}")
+            })
+            .collect();
+        v.sort();
+        v.join(" ")
+    };
+    let settle = |want: &str| {
+        eventually(Duration::from_secs(20), || (placed() == want).then_some(()))
+            .unwrap_or_else(|| panic!("pods on {}, not {want}", placed()));
+    };
+    settle("n1=busybox:1 n2=busybox:1");
+    let tolerations = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=logger",
+        "-o",
+        "jsonpath={.items[0].spec.tolerations[*].key}",
+    ]);
+    assert_matches(&tolerations, "node.kubernetes.io/unschedulable");
+    assert_matches(&tolerations, "node.kubernetes.io/unreachable");
+    let counts = || {
+        k.ok(&[
+            "get",
+            "ds",
+            "logger",
+            "-o",
+            "jsonpath={.status.desiredNumberScheduled}/{.status.currentNumberScheduled}/{.status.updatedNumberScheduled}/{.status.numberMisscheduled}",
+        ])
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || (counts() == "2/2/2/0").then_some(())).is_some(),
+        "{}",
+        counts()
+    );
+    assert_matches(
+        &k.ok(&["get", "ds", "logger"]),
+        r"(?m)^logger +2 +2 +0 +2 +0 +pool=a +",
+    );
+    // A node that comes to match gets one; a NoExecute taint and a node leaving take
+    // theirs away; a cordon leaves it.
+    k.ok(&["label", "node", "n3", "pool=a", "--overwrite"]);
+    settle("n1=busybox:1 n2=busybox:1 n3=busybox:1");
+    k.ok(&["cordon", "n3"]);
+    k.ok(&["taint", "node", "n2", "dedicated=db:NoExecute"]);
+    settle("n1=busybox:1 n3=busybox:1");
+    k.ok(&["delete", "node", "n1"]);
+    settle("n3=busybox:1");
+
+    // A new image rolls out as revision 2; undo brings back revision 1's as revision 3.
+    k.ok(&["taint", "node", "n2", "dedicated-"]);
+    settle("n2=busybox:1 n3=busybox:1");
+    k.ok(&["set", "image", "ds/logger", "c=busybox:2"]);
+    settle("n2=busybox:2 n3=busybox:2");
+    let history = k.ok(&["rollout", "history", "ds/logger"]);
+    assert_matches(&history, r"(?m)^1 +");
+    assert_matches(&history, r"(?m)^2 +");
+    assert_matches(
+        &k.ok(&["rollout", "history", "ds/logger", "--revision=1"]),
+        r"Image:\s+busybox:1",
+    );
+    assert_matches(&k.ok(&["rollout", "undo", "ds/logger"]), "rolled back");
+    settle("n2=busybox:1 n3=busybox:1");
+    let revisions = k.ok(&[
+        "get",
+        "controllerrevisions",
+        "-l",
+        "app=logger",
+        "-o",
+        "jsonpath={range .items[*]}{.revision} {end}",
+    ]);
+    let mut revisions: Vec<&str> = revisions.split_whitespace().collect();
+    revisions.sort();
+    assert_eq!(revisions, ["2", "3"]);
+    // OnDelete: a new template waits for the pods to be deleted.
+    k.ok(&[
+        "patch",
+        "ds/logger",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"type":"OnDelete","rollingUpdate":null}}}"#,
+    ]);
+    k.ok(&["set", "image", "ds/logger", "c=busybox:3"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(placed(), "n2=busybox:1 n3=busybox:1");
+    k.ok(&["delete", "pods", "-l", "app=logger", "--wait=false"]);
+    settle("n2=busybox:3 n3=busybox:3");
+}
