@@ -92,6 +92,26 @@ pub struct Current {
     pub revision: i64,
     /// The collision count used (for the workload's `status.collisionCount`).
     pub collisions: Option<i32>,
+    /// The revisions kept, current included, oldest first.
+    pub revisions: Vec<ControllerRevision>,
+}
+
+impl Current {
+    /// The revision's name: `<owner>-<hash>`.
+    pub fn name(&self, owner: &str) -> String {
+        format!("{owner}-{}", self.hash)
+    }
+
+    /// The template of the revision named `name`, if it is kept.
+    pub fn template(&self, name: &str) -> Option<PodTemplateSpec> {
+        let r = self
+            .revisions
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(name))?;
+        let mut t = r.data.as_ref()?.0.pointer("/spec/template")?.clone();
+        t.as_object_mut()?.remove("$patch");
+        serde_json::from_value(t).ok()
+    }
 }
 
 /// What a workload's history is kept for.
@@ -134,9 +154,9 @@ impl Owner<'_> {
         let same = |r: &ControllerRevision| {
             r.data.as_ref().map(|d| canonical(d.0.clone())).as_ref() == Some(data)
         };
-        let current = match revisions.iter().rposition(same) {
+        let mut current = match revisions.iter().rposition(same) {
             Some(i) => {
-                let r = &revisions[i];
+                let r = &mut revisions[i];
                 let mut revision = r.revision;
                 if revision < newest {
                     // Back to an old template: its revision becomes the newest.
@@ -148,6 +168,7 @@ impl Owner<'_> {
                             &Patch::Merge(json!({"revision": revision})),
                         )
                         .await?;
+                    r.revision = revision;
                 }
                 Current {
                     hash: r
@@ -157,35 +178,48 @@ impl Owner<'_> {
                         .unwrap_or_else(|| hash(data, self.collisions)),
                     revision,
                     collisions: self.collisions,
+                    revisions: Vec::new(),
                 }
             }
-            None => self.create(data, newest + 1).await?,
+            None => {
+                let (current, made) = self.create(data, newest + 1).await?;
+                revisions.extend(made);
+                current
+            }
         };
         let in_use = |r: &ControllerRevision| {
             r.labels()
                 .get(REVISION_HASH)
                 .is_some_and(|h| in_use.contains(h) || *h == current.hash)
         };
-        let removable: Vec<&ControllerRevision> = revisions.iter().filter(|r| !in_use(r)).collect();
+        let removable: Vec<String> = revisions
+            .iter()
+            .filter(|r| !in_use(r))
+            .map(|r| r.name_any())
+            .collect();
         let extra = removable.len().saturating_sub(self.limit);
-        for r in removable.into_iter().take(extra) {
-            info!(revision = %r.name_any(), "beyond the history limit; deleting it");
-            match self
-                .api
-                .delete(&r.name_any(), &DeleteParams::default())
-                .await
-            {
+        let doomed = &removable[..extra];
+        for name in doomed {
+            info!(revision = %name, "beyond the history limit; deleting it");
+            match self.api.delete(name, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e),
             }
         }
+        revisions.retain(|r| !doomed.contains(&r.name_any()));
+        revisions.sort_by_key(|r| r.revision);
+        current.revisions = revisions;
         Ok(current)
     }
 
-    /// A new revision; a name taken by other data is a hash collision, and the next
-    /// collision count is tried.
-    async fn create(&self, data: &Value, revision: i64) -> Result<Current, kube::Error> {
+    /// A new revision (and the object made, unless an earlier sync made it); a name taken
+    /// by other data is a hash collision, and the next collision count is tried.
+    async fn create(
+        &self,
+        data: &Value,
+        revision: i64,
+    ) -> Result<(Current, Option<ControllerRevision>), kube::Error> {
         let mut collisions = self.collisions;
         loop {
             let hash = hash(data, collisions);
@@ -205,12 +239,14 @@ impl Owner<'_> {
                 revision,
             };
             match self.api.create(&PostParams::default(), &cr).await {
-                Ok(_) => {
-                    return Ok(Current {
+                Ok(made) => {
+                    let current = Current {
                         hash,
                         revision,
                         collisions,
-                    });
+                        revisions: Vec::new(),
+                    };
+                    return Ok((current, Some(made)));
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     let existing = self.api.get(&cr.name_any()).await?;
@@ -224,11 +260,13 @@ impl Owner<'_> {
                             .as_ref()
                             == Some(data)
                     {
-                        return Ok(Current {
+                        let current = Current {
                             hash,
                             revision: existing.revision,
                             collisions,
-                        });
+                            revisions: Vec::new(),
+                        };
+                        return Ok((current, Some(existing)));
                     }
                     let next = collisions.unwrap_or(0) + 1;
                     if next > MAX_COLLISIONS {

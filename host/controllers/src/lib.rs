@@ -14,6 +14,7 @@
 //! - [`namespace`]: deletes a deleted namespace's content, then the namespace.
 //! - [`replicaset`]: as many pods as a ReplicaSet's replicas.
 //! - [`serviceaccount`]: a `default` ServiceAccount in every namespace.
+//! - [`statefulset`]: pods with stable names and their own claims, in order.
 //! - [`bootstrap`]: what nodes need to join: a bootstrap token and the public
 //!   `cluster-info` ConfigMap (kubeadm's bootstrap-token phase).
 //!
@@ -42,6 +43,7 @@ pub mod owners;
 pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use futures::future::BoxFuture;
 use kube::Client;
@@ -67,6 +69,7 @@ pub const CONTROLLERS: &[(&str, &[&str])] = &[
     ("namespace-controller", &["namespace"]),
     ("replicaset-controller", &["replicaset"]),
     ("serviceaccount-controller", &["serviceaccount"]),
+    ("statefulset-controller", &["statefulset"]),
     (
         "ttl-after-finished-controller",
         &["ttl-after-finished", "ttl"],
@@ -161,6 +164,7 @@ pub async fn run(
             "serviceaccount-controller" => {
                 running.push(Box::pin(serviceaccount::run(client, shutdown)))
             }
+            "statefulset-controller" => running.push(Box::pin(statefulset::run(client, shutdown))),
             "ttl-after-finished-controller" => {
                 running.push(Box::pin(job::run_ttl(client, shutdown)))
             }

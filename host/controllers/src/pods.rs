@@ -193,17 +193,21 @@ impl<'a> PodControl<'a> {
         }
     }
 
-    /// Creates a pod, recording `SuccessfulCreate` or `FailedCreate`. `Err` carries the
+    /// Creates a pod, recording `SuccessfulCreate` or `FailedCreate` (in the words
+    /// Kubernetes uses for the workload's kind). `Err` carries the
     /// API's message when it refused the pod.
     pub async fn create(&self, pod: &Pod) -> Result<Pod, String> {
         match self.api.create(&PostParams::default(), pod).await {
             Ok(p) => {
-                self.event(
-                    Kind::Normal,
-                    "SuccessfulCreate",
-                    format!("Created pod: {}", p.name_any()),
-                )
-                .await;
+                let message = match self.kind {
+                    "statefulset" => format!(
+                        "create Pod {} in StatefulSet {} successful",
+                        p.name_any(),
+                        self.owner.name
+                    ),
+                    _ => format!("Created pod: {}", p.name_any()),
+                };
+                self.event(Kind::Normal, "SuccessfulCreate", message).await;
                 Ok(p)
             }
             Err(e) => {
@@ -211,12 +215,15 @@ impl<'a> PodControl<'a> {
                     kube::Error::Api(s) => s.message.clone(),
                     other => other.to_string(),
                 };
-                self.event(
-                    Kind::Warning,
-                    "FailedCreate",
-                    format!("Error creating: {message}"),
-                )
-                .await;
+                let event = match self.kind {
+                    "statefulset" => format!(
+                        "create Pod {} in StatefulSet {} failed error: {message}",
+                        pod.name_any(),
+                        self.owner.name
+                    ),
+                    _ => format!("Error creating: {message}"),
+                };
+                self.event(Kind::Warning, "FailedCreate", event).await;
                 Err(message)
             }
         }
@@ -257,12 +264,15 @@ impl<'a> PodControl<'a> {
         };
         match self.api.delete(&pod.name_any(), &params).await {
             Ok(_) => {
-                self.event(
-                    Kind::Normal,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {}", pod.name_any()),
-                )
-                .await;
+                let message = match self.kind {
+                    "statefulset" => format!(
+                        "delete Pod {} in StatefulSet {} successful",
+                        pod.name_any(),
+                        self.owner.name
+                    ),
+                    _ => format!("Deleted pod: {}", pod.name_any()),
+                };
+                self.event(Kind::Normal, "SuccessfulDelete", message).await;
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),

@@ -1260,3 +1260,123 @@ fn jobs_run_pods_to_completion_or_failure_and_a_cronjob_starts_one_each_minute()
         &format!("SuccessfulCreate .*Created job {job_name}"),
     );
 }
+
+#[test]
+fn a_statefulset_starts_in_order_and_rolls_out_from_the_top_down_to_its_partition() {
+    let s = setup();
+    let k = s.cluster.kubectl();
+    let v2 = push_busybox_image(&s.registry, "v2").unwrap();
+    k.apply(
+        &format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  serviceName: db\n  replicas: 3\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: db\n        image: {}\n        command: [sh, -c, 'echo $(hostname) > /tmp/me; exec sleep 600']\n        readinessProbe: {{exec: {{command: [cat, /tmp/me]}}, periodSeconds: 1}}\n",
+            s.image
+        ),
+        &[],
+    );
+    let status = |what: &str| {
+        let run = k.run(&["rollout", "status", "sts/db", "--timeout=90s"]);
+        assert_eq!(
+            run.code,
+            0,
+            "{what}: {run:?}\n{}",
+            k.ok(&["get", "pods", "-o", "wide"])
+        );
+    };
+    status("created");
+    // Each pod was made only once the one before it was ready.
+    let pod = |name: &str| pod_json(&k, name);
+    let ready_at = |p: &Value| -> jiff::Timestamp {
+        let conditions = p
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .unwrap();
+        let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
+        ready["lastTransitionTime"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let created_at = |p: &Value| -> jiff::Timestamp {
+        p.pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    for (before, after) in [("db-0", "db-1"), ("db-1", "db-2")] {
+        let (before, after) = (pod(before), pod(after));
+        assert!(
+            created_at(&after) >= ready_at(&before),
+            "{after:#}\nbefore\n{before:#}"
+        );
+    }
+    assert_eq!(k.ok(&["exec", "db-2", "--", "cat", "/tmp/me"]), "db-2\n");
+
+    // A new image with partition 2: only db-2 takes it.
+    let images = || {
+        k.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=db",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.spec.containers[0].image} {end}",
+        ])
+    };
+    k.ok(&[
+        "patch",
+        "sts/db",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":2}}}}"#,
+    ]);
+    k.ok(&["set", "image", "sts/db", &format!("db={v2}")]);
+    status("rolled to the partition");
+    let want = format!("db-0={} db-1={} db-2={v2} ", s.image, s.image);
+    assert!(
+        eventually(Duration::from_secs(30), || (images() == want).then_some(())).is_some(),
+        "{}",
+        images()
+    );
+    // Partition 0: the rest follow, top down; the update revision becomes current.
+    k.ok(&[
+        "patch",
+        "sts/db",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#,
+    ]);
+    status("rolled out");
+    let revisions = || {
+        k.ok(&["get", "sts", "db", "-o", "jsonpath={.status.currentRevision}={.status.updateRevision} {.status.updatedReplicas}/{.status.readyReplicas}"])
+    };
+    let done = eventually(Duration::from_secs(30), || {
+        let r = revisions();
+        let (names, counts) = r.split_once(' ')?;
+        let (current, update) = names.split_once('=')?;
+        (current == update && counts == "3/3").then_some(())
+    });
+    assert!(done.is_some(), "{}", revisions());
+    assert_eq!(images(), format!("db-0={v2} db-1={v2} db-2={v2} "));
+    let db0 = pod("db-0");
+    let db1 = pod("db-1");
+    assert!(
+        created_at(&db0) >= ready_at(&db1),
+        "db-0 was replaced before db-1 was ready again"
+    );
+
+    // Scaled to 1: db-2 goes, then db-1.
+    k.ok(&["scale", "sts/db", "--replicas=1"]);
+    status("scaled down");
+    assert!(
+        eventually(Duration::from_secs(30), || (images()
+            == format!("db-0={v2} "))
+        .then_some(()))
+        .is_some(),
+        "{}",
+        images()
+    );
+    assert_matches(
+        &k.ok(&["describe", "sts", "db"]),
+        "SuccessfulDelete .*delete Pod db-2 in StatefulSet db successful",
+    );
+}

@@ -584,7 +584,9 @@ fn daemonsets_follow_nodes_their_selector_and_taints_and_roll_back_by_revision()
         ])
     };
     assert!(
-        eventually(Duration::from_secs(20), || (counts() == "2/2/2/0").then_some(())).is_some(),
+        eventually(Duration::from_secs(20), || (counts() == "2/2/2/0")
+            .then_some(()))
+        .is_some(),
         "{}",
         counts()
     );
@@ -639,4 +641,124 @@ fn daemonsets_follow_nodes_their_selector_and_taints_and_roll_back_by_revision()
     assert_eq!(placed(), "n2=busybox:1 n3=busybox:1");
     k.ok(&["delete", "pods", "-l", "app=logger", "--wait=false"]);
     settle("n2=busybox:3 n3=busybox:3");
+}
+
+const STS: &str = "apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: web
+  replicas: 3
+  podManagementPolicy: Parallel
+  updateStrategy: {type: OnDelete}
+  persistentVolumeClaimRetentionPolicy: {whenScaled: Delete, whenDeleted: Retain}
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: c, image: busybox:1}]}
+  volumeClaimTemplates:
+  - metadata: {name: www}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+";
+
+/// No node: pods are made and deleted but never run. What shows is their identity, their
+/// claims, the order rules and the revisions.
+#[test]
+fn statefulsets_give_pods_stable_names_and_claims_in_order() {
+    let c = TestCluster::start().unwrap();
+    let k = c.kubectl();
+    let names = |what: &str, selector: &str| {
+        let out = k.ok(&[
+            "get",
+            what,
+            "-l",
+            selector,
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {end}",
+        ]);
+        let mut v: Vec<String> = out.split_whitespace().map(str::to_owned).collect();
+        v.sort();
+        v.join(" ")
+    };
+    let settle = |what: &str, selector: &str, want: &str| {
+        eventually(Duration::from_secs(20), || {
+            (names(what, selector) == want).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{what}: {}, not {want}", names(what, selector)));
+    };
+    k.apply(STS, &[]);
+    settle("pods", "app=web", "web-0 web-1 web-2");
+    settle("pvc", "app=web", "www-web-0 www-web-1 www-web-2");
+    let identity = k.ok(&[
+        "get",
+        "pod",
+        "web-1",
+        "-o",
+        "jsonpath={.spec.hostname}.{.spec.subdomain} {.metadata.labels.statefulset\\.kubernetes\\.io/pod-name} {.metadata.labels.apps\\.kubernetes\\.io/pod-index} {.spec.volumes[?(@.name==\"www\")].persistentVolumeClaim.claimName}",
+    ]);
+    assert_eq!(identity, "web-1.web web-1 1 www-web-1");
+    let revision = k.ok(&[
+        "get",
+        "sts",
+        "web",
+        "-o",
+        "jsonpath={.status.updateRevision}",
+    ]);
+    assert_matches(&revision, r"^web-\w+$");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "pod",
+            "web-0",
+            "-o",
+            "jsonpath={.metadata.labels.controller-revision-hash}"
+        ]),
+        revision
+    );
+    // Scaled down: the highest go, and their claims with them (whenScaled: Delete).
+    k.ok(&["scale", "sts", "web", "--replicas=1"]);
+    settle("pods", "app=web", "web-0");
+    settle("pvc", "app=web", "www-web-0");
+    // OnDelete: a new template reaches a pod only when the pod is deleted.
+    k.ok(&["set", "image", "sts/web", "c=busybox:2"]);
+    let image = || {
+        k.ok(&[
+            "get",
+            "pod",
+            "web-0",
+            "-o",
+            "jsonpath={.spec.containers[0].image}",
+        ])
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(image(), "busybox:1");
+    k.ok(&["delete", "pod", "web-0", "--wait=false"]);
+    assert!(
+        eventually(Duration::from_secs(20), || (image() == "busybox:2")
+            .then_some(()))
+        .is_some(),
+        "web-0 runs {}",
+        image()
+    );
+    let history = k.ok(&["rollout", "history", "sts/web"]);
+    assert_matches(&history, r"(?m)^1 +");
+    assert_matches(&history, r"(?m)^2 +");
+    assert_matches(
+        &k.ok(&["describe", "sts", "web"]),
+        r"SuccessfulCreate .*create Claim www-web-0 Pod web-0 in StatefulSet web success",
+    );
+
+    // OrderedReady: web-0 never gets ready here, so nothing after it is made.
+    k.apply(
+        &STS.replace("name: web}", "name: ordered}")
+            .replace(
+                "podManagementPolicy: Parallel",
+                "podManagementPolicy: OrderedReady",
+            )
+            .replace("app: web", "app: ordered"),
+        &[],
+    );
+    settle("pods", "app=ordered", "ordered-0");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(names("pods", "app=ordered"), "ordered-0");
 }
