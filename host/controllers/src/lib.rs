@@ -7,11 +7,14 @@
 //! - [`cronjob`]: a Job at each time of a schedule.
 //! - [`daemonset`]: a pod on each node that qualifies.
 //! - [`deployment`]: rollouts of a pod template through ReplicaSets.
+//! - [`disruption`]: PodDisruptionBudgets' status: how many pods may be evicted now.
 //! - [`gc`]: the garbage collector: deletes objects whose owners are gone and carries out
 //!   foreground and orphan deletion.
 //! - [`history`]: template hashes and ControllerRevisions.
 //! - [`job`]: pods run to completion, and finished jobs deleted after their TTL.
 //! - [`namespace`]: deletes a deleted namespace's content, then the namespace.
+//! - [`nodelifecycle`]: nodes that stop reporting go Unknown and are tainted; pods are
+//!   evicted from NoExecute-tainted nodes.
 //! - [`replicaset`]: as many pods as a ReplicaSet's replicas.
 //! - [`serviceaccount`]: a `default` ServiceAccount in every namespace.
 //! - [`statefulset`]: pods with stable names and their own claims, in order.
@@ -26,7 +29,11 @@
 //! let selection: skiff_controllers::Selection = "*,-serviceaccount-controller".parse().unwrap();
 //! let signer = skiff_controllers::csr::Signer::new(ca_cert_pem, ca_key_pem);
 //! let shutdown = tokio_util::sync::CancellationToken::new();
-//! skiff_controllers::run(client, &selection, Some(signer), shutdown).await;
+//! let options = skiff_controllers::Options {
+//!     signer: Some(signer),
+//!     ..Default::default()
+//! };
+//! skiff_controllers::run(client, &selection, options, shutdown).await;
 //! # }
 //! ```
 
@@ -35,10 +42,12 @@ pub mod cronjob;
 pub mod csr;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod gc;
 pub mod history;
 pub mod job;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod owners;
 pub mod pods;
 pub mod replicaset;
@@ -64,12 +73,15 @@ pub const CONTROLLERS: &[(&str, &[&str])] = &[
     ("cronjob-controller", &["cronjob"]),
     ("daemonset-controller", &["daemonset"]),
     ("deployment-controller", &["deployment"]),
+    ("disruption-controller", &["disruption"]),
     ("garbage-collector-controller", &["garbagecollector"]),
     ("job-controller", &["job"]),
     ("namespace-controller", &["namespace"]),
+    ("node-lifecycle-controller", &["nodelifecycle"]),
     ("replicaset-controller", &["replicaset"]),
     ("serviceaccount-controller", &["serviceaccount"]),
     ("statefulset-controller", &["statefulset"]),
+    ("taint-eviction-controller", &[]),
     (
         "ttl-after-finished-controller",
         &["ttl-after-finished", "ttl"],
@@ -135,14 +147,27 @@ impl Selection {
     }
 }
 
-/// Runs the selected controllers until `shutdown`. The certificate controller runs only
-/// with a `signer` (the cluster CA).
+/// What some controllers need besides a client.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// The cluster CA, for the certificate controller (which does not run without it).
+    pub signer: Option<csr::Signer>,
+    /// How long a node may go without a heartbeat before it is unreachable
+    /// ([`nodelifecycle::DEFAULT_GRACE`] when not given).
+    pub node_monitor_grace_period: Option<std::time::Duration>,
+}
+
+/// Runs the selected controllers until `shutdown`.
 pub async fn run(
     client: Client,
     selection: &Selection,
-    signer: Option<csr::Signer>,
+    options: Options,
     shutdown: CancellationToken,
 ) {
+    let Options {
+        signer,
+        node_monitor_grace_period,
+    } = options;
     let mut running: Vec<BoxFuture<'static, ()>> = Vec::new();
     for name in &selection.enabled {
         let (client, shutdown) = (client.clone(), shutdown.clone());
@@ -156,15 +181,23 @@ pub async fn run(
             },
             "cronjob-controller" => running.push(Box::pin(cronjob::run(client, shutdown))),
             "daemonset-controller" => running.push(Box::pin(daemonset::run(client, shutdown))),
+            "disruption-controller" => running.push(Box::pin(disruption::run(client, shutdown))),
             "deployment-controller" => running.push(Box::pin(deployment::run(client, shutdown))),
             "garbage-collector-controller" => running.push(Box::pin(gc::run(client, shutdown))),
             "job-controller" => running.push(Box::pin(job::run(client, shutdown))),
+            "node-lifecycle-controller" => {
+                let grace = node_monitor_grace_period.unwrap_or(nodelifecycle::DEFAULT_GRACE);
+                running.push(Box::pin(nodelifecycle::run(client, grace, shutdown)))
+            }
             "namespace-controller" => running.push(Box::pin(namespace::run(client, shutdown))),
             "replicaset-controller" => running.push(Box::pin(replicaset::run(client, shutdown))),
             "serviceaccount-controller" => {
                 running.push(Box::pin(serviceaccount::run(client, shutdown)))
             }
             "statefulset-controller" => running.push(Box::pin(statefulset::run(client, shutdown))),
+            "taint-eviction-controller" => {
+                running.push(Box::pin(nodelifecycle::run_evictions(client, shutdown)))
+            }
             "ttl-after-finished-controller" => {
                 running.push(Box::pin(job::run_ttl(client, shutdown)))
             }

@@ -96,8 +96,16 @@ impl std::str::FromStr for Schedule {
             ));
         }
         if let Some(every) = spec.strip_prefix("@every ") {
-            let d = parse_duration(every.trim())?;
-            return Ok(Schedule::Every(d.max(std::time::Duration::from_secs(1))));
+            let d = crate::time::parse_duration(every.trim()).map_err(|e| {
+                ParseError(format!(
+                    "failed to parse duration @every {}: {e}",
+                    every.trim()
+                ))
+            })?;
+            // Whole seconds, at least one, as robfig/cron keeps them.
+            return Ok(Schedule::Every(std::time::Duration::from_secs(
+                d.as_secs().max(1),
+            )));
         }
         let spec = match spec {
             "@yearly" | "@annually" => "0 0 1 1 *",
@@ -190,39 +198,6 @@ fn value(text: &str, range: &Range) -> Result<u32, ParseError> {
         )));
     }
     Ok(v)
-}
-
-/// A Go duration (`90s`, `1h30m`, `1.5h`): what `@every` takes.
-fn parse_duration(text: &str) -> Result<std::time::Duration, ParseError> {
-    let bad = || ParseError(format!("failed to parse duration @every {text}"));
-    let mut total = 0f64;
-    let mut rest = text;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
-        rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return Err(bad()),
-        };
-        total += number * scale;
-        rest = &rest[unit_len..];
-    }
-    // Whole seconds, as robfig rounds them.
-    Ok(std::time::Duration::from_secs(total as u64))
 }
 
 impl Fields {

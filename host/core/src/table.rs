@@ -1624,8 +1624,9 @@ fn node_cells(o: &Value, now: Timestamp) -> Vec<Value> {
         .map(|c| s(c.get("status")))
     {
         Some("True") => "Ready".to_owned(),
-        Some("False") => "NotReady".to_owned(),
-        _ => "Unknown".to_owned(),
+        // False or Unknown: kubectl's printer says NotReady for both.
+        Some(_) => "NotReady".to_owned(),
+        None => "Unknown".to_owned(),
     };
     if o.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
         status.push_str(",SchedulingDisabled");

@@ -21,6 +21,42 @@ pub fn parse_time(s: &str) -> Option<Timestamp> {
     s.parse().ok()
 }
 
+/// A Go duration (`40s`, `1h30m`, `1.5h`, `250ms`), as Kubernetes' flags and `@every`
+/// take them; whole seconds are kept, finer parts only when under a second.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration {text:?}");
+    let mut total = 0f64;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    if rest == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(bad()),
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
 /// apimachinery's `HumanDuration`, the AGE column: `45s`, `3m12s`, `47m`, `5h3m`, `2d`, ….
 pub fn human_duration(seconds: i64) -> String {
     if seconds < 0 {

@@ -2,9 +2,36 @@
 //! own against a cluster's API.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
+
+/// The controller flags `skiff server` and `skiff controller-manager` share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerFlags {
+    /// The controllers to run: `*` for all, names to pick, `-name` to leave one out, as
+    /// kube-controller-manager's flag.
+    #[arg(long, default_value = "*")]
+    pub controllers: skiff_controllers::Selection,
+    /// How long a node may go without a heartbeat before it is marked unreachable (and,
+    /// after its pods' tolerationSeconds, they are evicted).
+    #[arg(long, default_value = "40s", value_parser = skiff_core::time::parse_duration)]
+    pub node_monitor_grace_period: Duration,
+}
+
+impl ControllerFlags {
+    /// The controllers' options, with the cluster CA if there is one.
+    pub fn options(
+        &self,
+        signer: Option<skiff_controllers::csr::Signer>,
+    ) -> skiff_controllers::Options {
+        skiff_controllers::Options {
+            signer,
+            node_monitor_grace_period: Some(self.node_monitor_grace_period),
+        }
+    }
+}
 
 /// Flags of `skiff controller-manager`.
 #[derive(clap::Args, Debug, Clone)]
@@ -12,9 +39,8 @@ pub struct Args {
     /// The kubeconfig to reach the API with.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: PathBuf,
-    /// The controllers to run: `*` for all, names to pick, `-name` to leave one out.
-    #[arg(long, default_value = "*")]
-    pub controllers: skiff_controllers::Selection,
+    #[command(flatten)]
+    pub controllers: ControllerFlags,
     /// The cluster CA's certificate (PEM), for signing approved certificate requests.
     #[arg(long, requires = "cluster_signing_key_file")]
     pub cluster_signing_cert_file: Option<PathBuf>,
@@ -44,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stop.cancel();
     });
     tracing::info!("skiff controller-manager running");
-    skiff_controllers::run(client, &args.controllers, signer, shutdown).await;
+    let options = args.controllers.options(signer);
+    skiff_controllers::run(client, &args.controllers.controllers, options, shutdown).await;
     Ok(())
 }

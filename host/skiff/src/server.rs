@@ -47,10 +47,8 @@ pub struct Args {
     pub disable_agent: bool,
     #[command(flatten)]
     pub agent: crate::agent::AgentFlags,
-    /// The controllers the server runs: `*` for all, names to pick, `-name` to leave one
-    /// out, as kube-controller-manager's flag.
-    #[arg(long, default_value = "*")]
-    pub controllers: skiff_controllers::Selection,
+    #[command(flatten)]
+    pub controllers: crate::controllers::ControllerFlags,
 }
 
 pub(crate) fn hostname() -> Option<String> {
@@ -141,7 +139,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let controllers = {
         let (admin, shutdown) = (admin.clone(), shutdown.clone());
         tokio::spawn(async move {
-            skiff_controllers::run(admin, &args.controllers, Some(signer), shutdown).await
+            let options = args.controllers.options(Some(signer));
+            skiff_controllers::run(admin, &args.controllers.controllers, options, shutdown).await
         })
     };
     let join_token = join_token(&admin, &args.data_dir, &url, &pki.ca_cert)

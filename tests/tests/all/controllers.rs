@@ -762,3 +762,137 @@ fn statefulsets_give_pods_stable_names_and_claims_in_order() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(names("pods", "app=ordered"), "ordered-0");
 }
+
+fn node_with_heartbeat(name: &str) -> String {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus:\n  allocatable: {{cpu: '4', memory: 8Gi, pods: '20'}}\n  conditions: [{{type: Ready, status: 'True', reason: KubeletReady, lastHeartbeatTime: '{now}', lastTransitionTime: '{now}'}}]\n"
+    )
+}
+
+/// A simulated node that stops heartbeating: Unknown after the grace period, tainted, and
+/// its pods evicted as their tolerations say; a heartbeat brings it back.
+#[test]
+fn silent_nodes_go_unknown_are_tainted_and_lose_pods_whose_tolerations_run_out() {
+    let c = TestCluster::start_with(&["--node-monitor-grace-period", "3s"]).unwrap();
+    let k = c.kubectl();
+    k.apply(&node_with_heartbeat("n1"), &[]);
+    let pod = |name: &str, tolerations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: n1\n  tolerations: {tolerations}\n  containers: [{{name: c, image: busybox}}]\n"
+        )
+    };
+    k.apply(
+        &pod(
+            "brief",
+            "[{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]",
+        ),
+        &[],
+    );
+    k.apply(&pod("patient", "[]"), &[]);
+    k.apply(&pod("stubborn", "[{operator: Exists}]"), &[]);
+    let ready = || {
+        k.ok(&[
+            "get",
+            "node",
+            "n1",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+    };
+    let taints = || {
+        k.ok(&[
+            "get",
+            "node",
+            "n1",
+            "-o",
+            "jsonpath={range .spec.taints[*]}{.key}:{.effect} {end}",
+        ])
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || (ready() == "Unknown")
+            .then_some(()))
+        .is_some(),
+        "n1 is still {}",
+        ready()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            (taints()
+                == "node.kubernetes.io/unreachable:NoSchedule node.kubernetes.io/unreachable:NoExecute ")
+                .then_some(())
+        })
+        .is_some(),
+        "{}",
+        taints()
+    );
+    assert_matches(&k.ok(&["get", "node", "n1"]), r"(?m)^n1 +NotReady +");
+    let deleting = |name: &str| {
+        k.ok(&[
+            "get",
+            "pod",
+            name,
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ])
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || (!deleting("brief").is_empty())
+            .then_some(()))
+        .is_some(),
+        "brief was not evicted"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "pod",
+            "brief",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"DisruptionTarget\")].reason}",
+        ]),
+        "DeletionByTaintManager"
+    );
+    assert_matches(
+        &k.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=brief",
+        ]),
+        "TaintManagerEviction +pod/brief +Marking for deletion Pod default/brief",
+    );
+    assert_eq!(deleting("patient"), "", "patient tolerates 300 s");
+    assert_eq!(deleting("stubborn"), "");
+
+    // A cordon is a taint too; a heartbeat brings the node back, and the unreachable
+    // taints go (the heartbeat goes stale again after the grace period: checked at once).
+    k.ok(&["cordon", "n1"]);
+    let cordoned = "node.kubernetes.io/unreachable:NoSchedule node.kubernetes.io/unreachable:NoExecute node.kubernetes.io/unschedulable:NoSchedule ";
+    assert!(
+        eventually(Duration::from_secs(10), || (taints() == cordoned)
+            .then_some(()))
+        .is_some(),
+        "{}",
+        taints()
+    );
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    k.ok(&[
+        "patch",
+        "node",
+        "n1",
+        "--subresource=status",
+        "--type=strategic",
+        "-p",
+        &format!(r#"{{"status":{{"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","lastHeartbeatTime":"{now}"}}]}}}}"#),
+    ]);
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            (taints() == "node.kubernetes.io/unschedulable:NoSchedule ").then_some(())
+        })
+        .is_some(),
+        "{}",
+        taints()
+    );
+}

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use skiff_tests::{Kubectl, TestCluster, TestRegistry, eventually, push_busybox_image};
+use skiff_tests::{
+    Kubectl, TestCluster, TestRegistry, assert_matches, eventually, push_busybox_image,
+};
 
 /// A `skiff agent` process with its own data directory; killed, and its containers
 /// removed, when dropped.
@@ -253,4 +255,173 @@ fn an_agent_joins_with_a_url_and_a_token_and_gets_its_own_certificates() {
     let revoked = as_bootstrap.fail(&["get", "csr"]);
     assert!(revoked.contains("Unauthorized"), "{revoked}");
     kubectl.ok(&["delete", "pod", "on-joined", "--wait=false"]);
+}
+
+/// Two nodes on one machine: the server's own and a joined one. Draining the joined node
+/// respects a PodDisruptionBudget; stopping its agent gets it marked unreachable, and its
+/// pods are evicted and made again on the other node.
+#[test]
+fn a_drained_or_silent_node_loses_its_pods_to_the_other_node() {
+    let registry = TestRegistry::start().unwrap();
+    let image = push_busybox_image(&registry, "v1").unwrap();
+    let cluster = TestCluster::start_with_agent(&[
+        "--image-insecure-registry",
+        &registry.host,
+        // Above the agents' 10 s lease renewal, below the default 40 s.
+        "--node-monitor-grace-period",
+        "15s",
+    ])
+    .unwrap();
+    let k = cluster.kubectl();
+    let token = std::fs::read_to_string(cluster.dir.path().join("join-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut agent = Agent::start(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--server",
+            &format!("https://{}", cluster.addr),
+            "--token",
+            &token,
+            "--node-ip",
+            "127.0.0.1",
+            "--image-insecure-registry",
+            &registry.host,
+        ],
+    );
+    let ready_nodes = || {
+        k.ok(&["get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {end}"])
+    };
+    let both = eventually(Duration::from_secs(60), || {
+        let nodes = ready_nodes();
+        (nodes.matches("=True").count() == 2).then_some(nodes)
+    });
+    let nodes = both.unwrap_or_else(|| panic!("{}\n{}", ready_nodes(), agent.logs()));
+    let home = nodes
+        .split_whitespace()
+        .map(|n| n.trim_end_matches("=True"))
+        .find(|n| *n != "joined")
+        .unwrap()
+        .to_owned();
+
+    // Two replicas on the joined node (the other is cordoned meanwhile), one of which may
+    // be disrupted at a time; they stand an unreachable node for 2 s.
+    k.ok(&["cordon", &home]);
+    k.apply(
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      tolerations: [{{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}]\n      containers: [{{name: web, image: {image}, command: [sleep, '600'], readinessProbe: {{exec: {{command: ['true']}}, initialDelaySeconds: 3, periodSeconds: 1}}}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: web}}\nspec:\n  minAvailable: 1\n  selector: {{matchLabels: {{app: web}}}}\n"
+        ),
+        &[],
+    );
+    let rollout = |what: &str| {
+        let run = k.run(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+        assert_eq!(
+            run.code,
+            0,
+            "{what}: {run:?}\n{}",
+            k.ok(&["get", "pods", "-o", "wide"])
+        );
+    };
+    rollout("on the joined node");
+    let placement = || {
+        let out = k.ok(&["get", "pods", "-l", "app=web", "-o", "json"]);
+        let list: Value = serde_json::from_str(&out).unwrap();
+        let mut v: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                let ready = p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                let node = p["spec"]["nodeName"].as_str().unwrap_or("-");
+                format!(
+                    "{}/{}",
+                    if node == "joined" { "joined" } else { "home" },
+                    ready
+                )
+            })
+            .collect();
+        v.sort();
+        v.join(" ")
+    };
+    assert_eq!(placement(), "joined/true joined/true");
+    let budget = || {
+        k.ok(&["get", "pdb", "web", "-o", "jsonpath={.status.currentHealthy}/{.status.desiredHealthy}/{.status.disruptionsAllowed}"])
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || (budget() == "2/1/1")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        budget()
+    );
+
+    // Drained: one pod at a time, as the budget allows (a replacement is ready 3 s after
+    // it starts), each made again on the home node.
+    k.ok(&["uncordon", &home]);
+    // (kubectl's client retries a 429 by itself after its Retry-After; -v=6 shows it.)
+    let drain = k.run(&[
+        "drain",
+        "joined",
+        "--ignore-daemonsets",
+        "--timeout=90s",
+        "-v=6",
+    ]);
+    assert_eq!(
+        drain.code,
+        0,
+        "{drain:?}\n{}",
+        k.ok(&["get", "pods", "-o", "wide"])
+    );
+    assert_matches(&drain.stdout, "node/joined drained");
+    assert_matches(
+        &drain.stderr,
+        r"POST https://\S+/pods/web-\S+/eviction 429 Too Many Requests",
+    );
+    assert_matches(
+        &drain.stderr,
+        r"POST https://\S+/pods/web-\S+/eviction 201 Created",
+    );
+    rollout("drained to the home node");
+    assert_eq!(placement(), "home/true home/true");
+
+    // Back on the joined node, whose agent then stops: after the grace period and the
+    // pods' 2 s the pods are made again at home.
+    k.ok(&["uncordon", "joined"]);
+    k.ok(&["cordon", &home]);
+    k.ok(&["rollout", "restart", "deployment/web"]);
+    rollout("restarted on the joined node");
+    assert!(
+        eventually(Duration::from_secs(30), || (placement()
+            == "joined/true joined/true")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        placement()
+    );
+    k.ok(&["uncordon", &home]);
+    agent.stop();
+    let moved = eventually(Duration::from_secs(60), || {
+        (placement() == "home/true home/true").then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "{}\n{}",
+        placement(),
+        k.ok(&["get", "pods,nodes", "-o", "wide"])
+    );
+    assert_matches(&k.ok(&["get", "node", "joined"]), r"(?m)^joined +NotReady");
+    let taints = k.ok(&[
+        "get",
+        "node",
+        "joined",
+        "-o",
+        "jsonpath={.spec.taints[*].key}",
+    ]);
+    assert_matches(&taints, "node.kubernetes.io/unreachable");
 }
