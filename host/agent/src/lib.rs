@@ -9,6 +9,7 @@ pub mod attach;
 pub mod image;
 pub mod join;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 mod pod;
 pub mod portforward;
@@ -133,6 +134,26 @@ impl<R: ContainerRuntime> Shared<R> {
             .iter()
             .find(|((ns, p, _), v)| ns == namespace && p == pod && v.running)
             .map(|(_, v)| v.netns.clone())
+    }
+
+    /// The running containers, with their cgroups, for the resource metrics.
+    pub(crate) fn measured(&self) -> Vec<metrics::Measured> {
+        let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        let root = &self.config.cgroup_root;
+        views
+            .iter()
+            .filter(|(_, v)| v.running)
+            .filter_map(|((namespace, pod, container), v)| {
+                let pod_cgroup = format!("{root}/pod{}", v.uid);
+                Some(metrics::Measured {
+                    namespace: namespace.clone(),
+                    pod: pod.clone(),
+                    container: container.clone(),
+                    cgroup: format!("{pod_cgroup}/{}", v.id.as_ref()?),
+                    pod_cgroup,
+                })
+            })
+            .collect()
     }
 
     /// Replaces what is known of a pod's containers (none: the pod is gone).

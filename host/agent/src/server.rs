@@ -172,6 +172,20 @@ async fn handle<R: ContainerRuntime>(
         (&http::Method::GET | &http::Method::POST, ["portForward", namespace, pod]) => {
             port_forward(shared, &mut req, namespace, pod)
         }
+        (&http::Method::GET, ["metrics", "resource"]) => {
+            let text = crate::metrics::render(
+                std::path::Path::new("/sys/fs/cgroup"),
+                std::path::Path::new("/proc"),
+                &shared.measured(),
+                jiff::Timestamp::now().as_millisecond(),
+            );
+            let mut resp = Response::new(Full::new(Bytes::from(text)).boxed());
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
         (&http::Method::GET, ["healthz"]) => {
             Response::new(Full::new(Bytes::from_static(b"ok")).boxed())
         }

@@ -524,8 +524,22 @@ pub fn finished(job: &Job) -> Option<jiff::Timestamp> {
         })
 }
 
-async fn sync(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let control = PodControl::new(ctx.client.clone(), &ctx.recorder, &*job, "batch/v1");
+async fn sync(cached: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let control = PodControl::new(ctx.client.clone(), &ctx.recorder, &*cached, "batch/v1");
+    let jobs: Api<Job> =
+        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let name = cached.name_any();
+    // Counts accumulate, so they are built on the job as it is now, not on a cached copy
+    // that may predate this controller's own last write; the writes below are
+    // conditional on its resourceVersion.
+    let Some(job) = jobs
+        .get_opt(&name)
+        .await
+        .map_err(control.error("reading the job"))?
+        .filter(|j| j.uid() == cached.uid())
+    else {
+        return Ok(Action::await_change());
+    };
     let selector = job
         .spec
         .as_ref()
@@ -542,9 +556,8 @@ async fn sync(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let spec = job.spec.clone().unwrap_or_default();
+    let mut version = job.resource_version();
     let status = job.status.clone().unwrap_or_default();
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let name = job.name_any();
 
     // Finished pods are noted as uncounted, lose their finalizer, then are counted.
     let uncounted = status.uncounted_terminated_pods.clone().unwrap_or_default();
@@ -553,6 +566,11 @@ async fn sync(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let mut counted = Counted::default();
     let mut ignored = Vec::new();
     let mut noted = false;
+    let rule_of = |pod: &Pod| {
+        spec.pod_failure_policy
+            .as_ref()
+            .and_then(|p| failure_rule(p, pod))
+    };
     for pod in &pods {
         let uid = pod.uid().unwrap_or_default();
         let tracked = pod.finalizers().iter().any(|f| f == TRACKING_FINALIZER);
@@ -561,32 +579,34 @@ async fn sync(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
         match outcome(pod) {
             Some(true) => noted |= succeeded.insert(uid),
-            Some(false) => {
-                let rule = spec
-                    .pod_failure_policy
-                    .as_ref()
-                    .and_then(|p| failure_rule(p, pod));
-                match rule {
-                    Some((action, _)) if action == "Ignore" => ignored.push(pod),
-                    Some((action, message)) => {
-                        if action == "FailJob" {
-                            counted.fail_job.get_or_insert(message);
-                        }
-                        noted |= failed.insert(uid);
-                    }
-                    None => noted |= failed.insert(uid),
-                }
+            Some(false) if rule_of(pod).is_some_and(|(action, _)| action == "Ignore") => {
+                ignored.push(pod)
             }
+            Some(false) => noted |= failed.insert(uid),
             None => {}
         }
     }
+    // A FailJob rule fails the job for any failed pod not yet counted.
+    counted.fail_job = pods
+        .iter()
+        .filter(|p| failed.contains(&p.uid().unwrap_or_default()))
+        .filter_map(|p| rule_of(p).filter(|(action, _)| action == "FailJob"))
+        .map(|(_, message)| message)
+        .next();
+    let conflict = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409);
     if noted {
-        let patch = json!({"status": {"uncountedTerminatedPods": {
-            "succeeded": succeeded, "failed": failed,
-        }}});
-        jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+        let patch = json!({
+            "metadata": {"resourceVersion": version},
+            "status": {"uncountedTerminatedPods": {"succeeded": succeeded, "failed": failed}},
+        });
+        match jobs
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await
-            .map_err(control.error("noting finished pods"))?;
+        {
+            Ok(j) => version = j.resource_version(),
+            Err(e) if conflict(&e) => return Ok(Action::requeue(Duration::from_millis(200))),
+            Err(e) => return Err(control.error("noting finished pods")(e)),
+        }
     }
     for pod in &pods {
         let uid = pod.uid().unwrap_or_default();
@@ -647,13 +667,15 @@ async fn sync(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     });
     if changed {
-        jobs.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": plan.status})),
-        )
-        .await
-        .map_err(control.error("updating the status"))?;
+        let patch = json!({"metadata": {"resourceVersion": version}, "status": plan.status});
+        match jobs
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if conflict(&e) => return Ok(Action::requeue(Duration::from_millis(200))),
+            Err(e) => return Err(control.error("updating the status")(e)),
+        }
     }
     Ok(match plan.requeue {
         Some(wait) => Action::requeue(wait + Duration::from_millis(100)),
