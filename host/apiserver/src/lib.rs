@@ -38,6 +38,7 @@ mod reviews;
 mod route;
 mod subresources;
 pub mod tls;
+pub mod usage;
 mod watch;
 
 use std::net::SocketAddr;
@@ -125,6 +126,8 @@ pub struct ApiServer {
     allocator: objects::Allocator,
     openapi: openapi::Cache,
     metrics: metrics::Metrics,
+    /// The node agents' last resource metrics (metrics.k8s.io).
+    usage: usage::Samples,
     shutdown: CancellationToken,
 }
 
@@ -156,6 +159,7 @@ impl ApiServer {
             allocator,
             openapi: openapi::Cache::default(),
             metrics: metrics::Metrics::default(),
+            usage: usage::Samples::default(),
             shutdown: CancellationToken::new(),
         });
         server

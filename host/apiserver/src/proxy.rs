@@ -64,7 +64,7 @@ impl AgentClient {
     }
 
     /// Sends `GET path` to the agent at `host:port` and returns its response, streaming.
-    async fn get(
+    pub(crate) async fn get(
         &self,
         host: &str,
         port: u16,
@@ -163,7 +163,13 @@ async fn agent_of(ctx: &Ctx, pod: &Value) -> Result<(String, u16), ApiError> {
         .map_err(store_error)?
         .ok_or_else(|| ApiError::not_found("", "nodes", node))?;
     let node_obj = crate::rest::to_value(&stored)?;
-    let addresses = node_obj
+    agent_endpoint(&node_obj)
+        .ok_or_else(|| ApiError::bad_request(format!("node {node} has no address")))
+}
+
+/// A node's agent: its first address (internal, external, hostname) and its endpoint's port.
+pub(crate) fn agent_endpoint(node: &Value) -> Option<(String, u16)> {
+    let addresses = node
         .pointer("/status/addresses")
         .and_then(Value::as_array)
         .cloned()
@@ -175,13 +181,12 @@ async fn agent_of(ctx: &Ctx, pod: &Value) -> Result<(String, u16), ApiError> {
                 .iter()
                 .find(|a| a["type"] == *kind)
                 .and_then(|a| a["address"].as_str().map(str::to_owned))
-        })
-        .ok_or_else(|| ApiError::bad_request(format!("node {node} has no address")))?;
-    let port = node_obj
+        })?;
+    let port = node
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
         .and_then(Value::as_u64)
         .unwrap_or(10250) as u16;
-    Ok((address, port))
+    Some((address, port))
 }
 
 /// The pod the request names.

@@ -261,6 +261,9 @@ async fn dispatch(
     }
     let read = |limit| http::read_body(body, limit);
     let limit = server.config.max_body_bytes;
+    if ctx.def.group == "metrics.k8s.io" {
+        return crate::usage::serve(&ctx, &method, has_name).await;
+    }
     if !ctx.def.stored {
         return match (&method, has_name) {
             (&Method::POST, false) => crate::reviews::create(&ctx, read(limit).await?).await,

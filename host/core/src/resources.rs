@@ -352,7 +352,35 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
         builtin::<storage::StorageClass>(&["sc"], &[], vec![]),
         builtin::<apiextensions::CustomResourceDefinition>(&["crd", "crds"], &[], vec![Status]),
         crate::plugins::resource(),
+        usage_resource("NodeMetrics", "nodes", false),
+        usage_resource("PodMetrics", "pods", true),
     ]
+}
+
+/// A resource of metrics.k8s.io: usage the API server reads from the node agents, never
+/// stored (metrics-server's API).
+fn usage_resource(kind: &str, plural: &str, namespaced: bool) -> ResourceDef {
+    ResourceDef {
+        group: "metrics.k8s.io".into(),
+        version: "v1beta1".into(),
+        kind: kind.into(),
+        list_kind: format!("{kind}List"),
+        plural: plural.into(),
+        singular: String::new(),
+        namespaced,
+        short_names: Vec::new(),
+        categories: Vec::new(),
+        verbs: vec!["get".into(), "list".into()],
+        subresources: Vec::new(),
+        schema: SchemaSource::Custom(Arc::new(
+            serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        )),
+        stored: false,
+        printer_columns: Vec::new(),
+        preserve_unknown_fields: true,
+        storage_version: None,
+        deprecation_warning: None,
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,10 @@ pub struct Args {
     /// How often watches that ask for bookmarks get one, in seconds.
     #[arg(long, default_value_t = 10)]
     pub bookmark_interval_seconds: u64,
+    /// How often the node agents' resource metrics are read for metrics.k8s.io (`kubectl
+    /// top`, autoscaling), as metrics-server's `--metric-resolution`.
+    #[arg(long, default_value = "15s", value_parser = skiff_core::time::parse_duration)]
+    pub metric_resolution: Duration,
     /// Don't run the scheduler inside the server.
     #[arg(long)]
     pub disable_scheduler: bool,
@@ -127,6 +131,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("writing the kubeconfig")?;
     let tls = tls::server_config(&pki).context("configuring TLS")?;
     let shutdown = CancellationToken::new();
+    tokio::spawn(skiff_apiserver::usage::scrape(
+        server.clone(),
+        args.metric_resolution,
+        shutdown.clone(),
+    ));
     let serving = tokio::spawn(skiff_apiserver::serve(
         listener,
         tls,

@@ -1380,3 +1380,60 @@ fn a_statefulset_starts_in_order_and_rolls_out_from_the_top_down_to_its_partitio
         "SuccessfulDelete .*delete Pod db-2 in StatefulSet db successful",
     );
 }
+
+#[test]
+fn kubectl_top_shows_usage_read_from_the_agents_cgroups() {
+    let registry = TestRegistry::start().unwrap();
+    let image = push_busybox_image(&registry, "v1").unwrap();
+    let cluster = TestCluster::start_with_agent(&[
+        "--image-insecure-registry",
+        &registry.host,
+        "--metric-resolution",
+        "1s",
+    ])
+    .unwrap();
+    let k = cluster.kubectl();
+    k.apply(
+        &pod(
+            "burner",
+            &image,
+            "Always",
+            "while :; do :; done",
+            "    resources: {requests: {cpu: 100m}}\n",
+        ),
+        &[],
+    );
+    wait_pod(&k, "burner", 60, |p| phase(p) == "Running");
+    // A busy loop uses most of a core (the machine may be busy too: at least 200m).
+    let top = eventually(Duration::from_secs(30), || {
+        let run = k.run(&["top", "pod", "burner", "--no-headers"]);
+        let cores: u64 = run
+            .stdout
+            .split_whitespace()
+            .nth(1)?
+            .strip_suffix('m')?
+            .parse()
+            .ok()?;
+        (cores >= 200).then_some(run.stdout)
+    });
+    let top = top.unwrap_or_else(|| panic!("{:?}", k.run(&["top", "pod", "burner"])));
+    assert_matches(&top, r"^burner +\d+m +\d+Mi");
+    let containers = k.ok(&["top", "pod", "burner", "--containers", "--no-headers"]);
+    assert_matches(&containers, r"^burner +main +\d+m +\d+Mi");
+    let nodes = k.ok(&["top", "node", "--no-headers"]);
+    assert_matches(&nodes, r"^\S+ +\d+m +\d+% +\d+Mi +\d+%");
+    let raw = k.ok(&[
+        "get",
+        "--raw",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/burner",
+    ]);
+    let metrics: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(metrics["kind"], "PodMetrics");
+    assert_matches(metrics["window"].as_str().unwrap(), r"^1(\.\d+)?s$");
+    let missing = k.fail(&[
+        "get",
+        "--raw",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/nope",
+    ]);
+    assert_matches(&missing, "NotFound|not found");
+}
