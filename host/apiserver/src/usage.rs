@@ -23,6 +23,8 @@ use crate::rest::{Ctx, store_error, to_value};
 
 /// CPU seconds and working-set bytes.
 type Reading = (f64, f64);
+/// A pod's usage: when read, over what window (ms), and each container's cores and bytes.
+type PodUsage = (i64, i64, Vec<(String, f64, f64)>);
 
 /// One scrape of one node.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -117,7 +119,7 @@ fn cpu_quantity(cores: f64) -> String {
 
 fn memory_quantity(bytes: f64) -> String {
     let bytes = bytes.max(0.0) as u64;
-    if bytes % 1024 == 0 {
+    if bytes.is_multiple_of(1024) {
         format!("{}Ki", bytes / 1024)
     } else {
         bytes.to_string()
@@ -161,12 +163,7 @@ impl Samples {
 
     /// A pod's containers' usage: (time, window, [(container, cores, bytes)]), if every
     /// container has two readings.
-    fn pod(
-        &self,
-        node: &str,
-        namespace: &str,
-        pod: &str,
-    ) -> Option<(i64, i64, Vec<(String, f64, f64)>)> {
+    fn pod(&self, node: &str, namespace: &str, pod: &str) -> Option<PodUsage> {
         let all = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
         let (prev, last) = all.get(node)?;
         let prev = prev.as_ref()?;
