@@ -11,6 +11,7 @@
 //! - [`gc`]: the garbage collector: deletes objects whose owners are gone and carries out
 //!   foreground and orphan deletion.
 //! - [`history`]: template hashes and ControllerRevisions.
+//! - [`hpa`]: replicas that follow the pods' CPU and memory use.
 //! - [`job`]: pods run to completion, and finished jobs deleted after their TTL.
 //! - [`namespace`]: deletes a deleted namespace's content, then the namespace.
 //! - [`nodelifecycle`]: nodes that stop reporting go Unknown and are tainted; pods are
@@ -45,6 +46,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod gc;
 pub mod history;
+pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -75,6 +77,10 @@ pub const CONTROLLERS: &[(&str, &[&str])] = &[
     ("deployment-controller", &["deployment"]),
     ("disruption-controller", &["disruption"]),
     ("garbage-collector-controller", &["garbagecollector"]),
+    (
+        "horizontal-pod-autoscaler-controller",
+        &["horizontalpodautoscaling"],
+    ),
     ("job-controller", &["job"]),
     ("namespace-controller", &["namespace"]),
     ("node-lifecycle-controller", &["nodelifecycle"]),
@@ -155,6 +161,9 @@ pub struct Options {
     /// How long a node may go without a heartbeat before it is unreachable
     /// ([`nodelifecycle::DEFAULT_GRACE`] when not given).
     pub node_monitor_grace_period: Option<std::time::Duration>,
+    /// How often each HorizontalPodAutoscaler is synced ([`hpa::DEFAULT_SYNC`] when not
+    /// given).
+    pub hpa_sync_period: Option<std::time::Duration>,
 }
 
 /// Runs the selected controllers until `shutdown`.
@@ -167,6 +176,7 @@ pub async fn run(
     let Options {
         signer,
         node_monitor_grace_period,
+        hpa_sync_period,
     } = options;
     let mut running: Vec<BoxFuture<'static, ()>> = Vec::new();
     for name in &selection.enabled {
@@ -184,6 +194,10 @@ pub async fn run(
             "disruption-controller" => running.push(Box::pin(disruption::run(client, shutdown))),
             "deployment-controller" => running.push(Box::pin(deployment::run(client, shutdown))),
             "garbage-collector-controller" => running.push(Box::pin(gc::run(client, shutdown))),
+            "horizontal-pod-autoscaler-controller" => {
+                let sync = hpa_sync_period.unwrap_or(hpa::DEFAULT_SYNC);
+                running.push(Box::pin(hpa::run(client, sync, shutdown)))
+            }
             "job-controller" => running.push(Box::pin(job::run(client, shutdown))),
             "node-lifecycle-controller" => {
                 let grace = node_monitor_grace_period.unwrap_or(nodelifecycle::DEFAULT_GRACE);

@@ -18,6 +18,9 @@ pub struct ControllerFlags {
     /// after its pods' tolerationSeconds, they are evicted).
     #[arg(long, default_value = "40s", value_parser = skiff_core::time::parse_duration)]
     pub node_monitor_grace_period: Duration,
+    /// How often each HorizontalPodAutoscaler is synced.
+    #[arg(long, default_value = "15s", value_parser = skiff_core::time::parse_duration)]
+    pub horizontal_pod_autoscaler_sync_period: Duration,
 }
 
 impl ControllerFlags {
@@ -29,6 +32,7 @@ impl ControllerFlags {
         skiff_controllers::Options {
             signer,
             node_monitor_grace_period: Some(self.node_monitor_grace_period),
+            hpa_sync_period: Some(self.horizontal_pod_autoscaler_sync_period),
         }
     }
 }

@@ -1437,3 +1437,68 @@ fn kubectl_top_shows_usage_read_from_the_agents_cgroups() {
     ]);
     assert_matches(&missing, "NotFound|not found");
 }
+
+#[test]
+fn an_autoscaler_scales_a_cpu_burning_deployment_up_and_back_down() {
+    let registry = TestRegistry::start().unwrap();
+    let image = push_busybox_image(&registry, "v1").unwrap();
+    let cluster = TestCluster::start_with_agent(&[
+        "--image-insecure-registry",
+        &registry.host,
+        "--metric-resolution",
+        "1s",
+        "--horizontal-pod-autoscaler-sync-period",
+        "2s",
+    ])
+    .unwrap();
+    let k = cluster.kubectl();
+    // Each pod burns CPU until a moment 25 s from now, then idles: the load ends by itself.
+    let until = jiff::Timestamp::now().as_second() + 25;
+    k.apply(
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: burner}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: burner}}}}\n  template:\n    metadata: {{labels: {{app: burner}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: burn\n        image: {image}\n        env: [{{name: BURN_UNTIL, value: '{until}'}}]\n        command: [sh, -c, 'while [ $(date +%s) -lt $BURN_UNTIL ]; do :; done; exec sleep 3600']\n        resources: {{requests: {{cpu: 100m}}}}\n---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: burner}}\nspec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: burner}}\n  minReplicas: 1\n  maxReplicas: 3\n  metrics: [{{type: Resource, resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}}}]\n  behavior: {{scaleDown: {{stabilizationWindowSeconds: 3}}}}\n"
+        ),
+        &[],
+    );
+    let replicas = || k.ok(&["get", "deploy", "burner", "-o", "jsonpath={.spec.replicas}"]);
+    let up = eventually(Duration::from_secs(40), || {
+        (replicas() == "3").then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "never scaled up: {}\n{}",
+        replicas(),
+        k.ok(&["describe", "hpa", "burner"])
+    );
+    assert_matches(
+        &k.ok(&["get", "hpa", "burner"]),
+        r"(?m)^burner +Deployment/burner +cpu: \d+%/50% +1 +3 +\d +",
+    );
+    let described = k.ok(&["describe", "hpa", "burner"]);
+    assert_matches(
+        &described,
+        r"SuccessfulRescale +.*New size: 3; reason: cpu resource utilization \(percentage of request\) above target",
+    );
+    // The burn ends; after the 3 s stabilization window it goes back to one.
+    let down = eventually(Duration::from_secs(60), || {
+        (replicas() == "1").then_some(())
+    });
+    assert!(
+        down.is_some(),
+        "never scaled down: {}\n{}",
+        replicas(),
+        k.ok(&["describe", "hpa", "burner"])
+    );
+    assert_matches(
+        &k.ok(&["describe", "hpa", "burner"]),
+        r"SuccessfulRescale +.*New size: 1; reason: All metrics below target",
+    );
+    let conditions = k.ok(&[
+        "get",
+        "hpa",
+        "burner",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"ScalingActive\")].reason}",
+    ]);
+    assert_eq!(conditions, "ValidMetricFound");
+}
