@@ -522,73 +522,100 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Result<Action
             }
         }
     }
-    let Some(recommendation) = recommendation else {
-        let message = failure.unwrap_or_else(|| "no metrics to scale on".into());
+    let key = hpa.uid().unwrap_or_default();
+    let min = spec.min_replicas.unwrap_or(1);
+    let max = spec.max_replicas;
+    if current == 0 && min != 0 {
         set(
             "ScalingActive",
             "False",
-            "FailedGetResourceMetric",
-            &format!("the HPA was unable to compute the replica count: {message}"),
+            "ScalingDisabled",
+            "scaling is disabled since the replica count of the target is zero",
         );
-        ctx.recorder
-            .publish(
-                &reference,
-                Kind::Warning,
-                "FailedGetResourceMetric",
-                message,
-            )
-            .await;
-        write(json!({"currentReplicas": current, "conditions": conditions}))
+        write(json!({"currentReplicas": 0, "desiredReplicas": 0, "conditions": conditions}))
             .await
             .map_err(error("updating the status"))?;
         return Ok(Action::requeue(ctx.sync));
-    };
-    set(
-        "ScalingActive",
-        "True",
-        "ValidMetricFound",
-        &format!("the HPA was able to successfully calculate a replica count from {reason_metric}"),
-    );
-
-    let key = hpa.uid().unwrap_or_default();
-    let behavior = spec.behavior.clone().unwrap_or_default();
-    let up = Rules::of(behavior.scale_up.as_ref(), true);
-    let down = Rules::of(behavior.scale_down.as_ref(), false);
-    let min = spec.min_replicas.unwrap_or(1);
-    let max = spec.max_replicas;
-    let (desired, limited) = {
-        let mut all = ctx.memory.lock().unwrap_or_else(|p| p.into_inner());
-        let memory = all.entry(key.clone()).or_default();
-        let keep = up.window.max(down.window).max(Duration::from_secs(600));
-        memory
-            .recommendations
-            .retain(|(t, _)| now.duration_since(*t).unsigned_abs() <= keep);
-        memory
-            .changes
-            .retain(|(t, _)| now.duration_since(*t).unsigned_abs() <= keep);
-        let result = normalize(current, recommendation, min, max, &up, &down, memory, now);
-        memory.recommendations.push((now, recommendation));
-        result
-    };
-    match &limited {
-        Some((reason, message)) => set("ScalingLimited", "True", reason, message),
-        None => set(
-            "ScalingLimited",
-            "False",
-            "DesiredWithinRange",
-            "the desired count is within the acceptable range",
-        ),
     }
+    // Out of bounds, the bound applies whatever the metrics say.
+    let bound = if current > max {
+        Some((max, "Current number of replicas above Spec.MaxReplicas"))
+    } else if current < min {
+        Some((min, "Current number of replicas below Spec.MinReplicas"))
+    } else {
+        None
+    };
+    let (desired, reason) = match (bound, recommendation) {
+        (Some((desired, reason)), _) => (desired, reason.to_owned()),
+        (None, None) => {
+            let message = failure.unwrap_or_else(|| "no metrics to scale on".into());
+            set(
+                "ScalingActive",
+                "False",
+                "FailedGetResourceMetric",
+                &format!("the HPA was unable to compute the replica count: {message}"),
+            );
+            ctx.recorder
+                .publish(
+                    &reference,
+                    Kind::Warning,
+                    "FailedGetResourceMetric",
+                    message,
+                )
+                .await;
+            write(json!({"currentReplicas": current, "conditions": conditions}))
+                .await
+                .map_err(error("updating the status"))?;
+            return Ok(Action::requeue(ctx.sync));
+        }
+        (None, Some(recommendation)) => {
+            set(
+                "ScalingActive",
+                "True",
+                "ValidMetricFound",
+                &format!(
+                    "the HPA was able to successfully calculate a replica count from {reason_metric}"
+                ),
+            );
+            let behavior = spec.behavior.clone().unwrap_or_default();
+            let up = Rules::of(behavior.scale_up.as_ref(), true);
+            let down = Rules::of(behavior.scale_down.as_ref(), false);
+            let (desired, limited) = {
+                let mut all = ctx.memory.lock().unwrap_or_else(|p| p.into_inner());
+                let memory = all.entry(key.clone()).or_default();
+                let keep = up.window.max(down.window).max(Duration::from_secs(600));
+                memory
+                    .recommendations
+                    .retain(|(t, _)| now.duration_since(*t).unsigned_abs() <= keep);
+                memory
+                    .changes
+                    .retain(|(t, _)| now.duration_since(*t).unsigned_abs() <= keep);
+                let result = normalize(current, recommendation, min, max, &up, &down, memory, now);
+                memory.recommendations.push((now, recommendation));
+                result
+            };
+            match &limited {
+                Some((reason, message)) => set("ScalingLimited", "True", reason, message),
+                None => set(
+                    "ScalingLimited",
+                    "False",
+                    "DesiredWithinRange",
+                    "the desired count is within the acceptable range",
+                ),
+            }
+            let reason = if desired > current {
+                format!("{reason_metric} above target")
+            } else {
+                "All metrics below target".to_owned()
+            };
+            (desired, reason)
+        }
+    };
     let mut last_scale = old
         .last_scale_time
         .as_ref()
         .map(|t| skiff_core::time::format_time(t.0));
-    if desired != current && current > 0 {
-        let reason = if desired > current {
-            format!("{reason_metric} above target")
-        } else {
-            "All metrics below target".to_owned()
-        };
+    if desired != current {
         let patch = json!({"spec": {"replicas": desired}});
         match scale_api
             .patch_scale(&target_name, &PatchParams::default(), &Patch::Merge(&patch))

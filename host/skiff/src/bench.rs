@@ -7,8 +7,10 @@
 //! delivery latency to 100 watchers (from sending the create to receiving the event), cold
 //! start to a ready `/readyz`, and the server's resident memory when idle.
 //!
-//! `skiff bench scheduler` is in [`scheduler`], `skiff bench pods` in [`pods`].
+//! `skiff bench scheduler` is in [`scheduler`], `skiff bench pods` in [`pods`], `skiff
+//! bench controllers` in [`controllers`].
 
+mod controllers;
 mod pods;
 mod scheduler;
 
@@ -43,6 +45,9 @@ enum What {
     /// The node agent: pod start latency, container lifecycle against runc and crun, idle
     /// memory (root, real containers).
     Pods(pods::Args),
+    /// The controllers: a large Deployment on simulated nodes, from creation to every pod
+    /// bound, and the controllers' CPU.
+    Controllers(controllers::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,6 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         What::Scheduler(a) => scheduler::run(a).await,
         What::Pods(a) => pods::run(a).await,
+        What::Controllers(a) => controllers::run(a).await,
     }
 }
 

@@ -1209,7 +1209,14 @@ fn kubectl_autoscale_makes_an_hpa_served_as_autoscaling_v1_and_v2() {
     );
     assert_matches(
         &k.ok(&["get", "hpa", "web"]),
-        r"^web +Deployment/web +cpu: <unknown>/60% +2 +5 +0 +",
+        // Below its minimum: the autoscaler scales to 2 without metrics.
+        r"^web +Deployment/web +cpu: <unknown>/60% +2 +5 +[0-2] +",
+    );
+    let replicas = || k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]);
+    assert!(
+        eventually(Duration::from_secs(20), || (replicas() == "2").then_some(())).is_some(),
+        "the deployment has {} replicas, below the autoscaler's minimum",
+        replicas()
     );
     let v1 = k.ok(&[
         "get",

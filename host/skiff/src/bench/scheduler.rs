@@ -248,7 +248,7 @@ fn split(count: usize) -> (usize, usize) {
 /// Creates `count` simulated nodes (rounded up to a multiple of the 32 clients making them):
 /// 32 CPUs, 128 GiB, 110 pods, three zones, every tenth tainted `dedicated=infra:NoSchedule`.
 /// Returns how many it made.
-async fn make_nodes(server: &Server, count: usize) -> anyhow::Result<usize> {
+pub(super) async fn make_nodes(server: &Server, count: usize) -> anyhow::Result<usize> {
     let (clients, per_client) = split(count);
     post_many(server, "/api/v1/nodes", clients, per_client, move |c, i| {
         let n = c * per_client + i;
