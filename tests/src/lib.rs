@@ -505,6 +505,20 @@ impl Kubectl {
         );
         run.stderr
     }
+
+    /// The pods `selector` selects that are not being deleted (with no agent to finish a
+    /// deletion, or one that stopped, deleted pods stay), as JSON.
+    pub fn live_pods(&self, selector: &str) -> Vec<serde_json::Value> {
+        let out = self.ok(&["get", "pods", "-l", selector, "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&out).expect("a pod list");
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .cloned()
+            .collect()
+    }
 }
 
 /// Fails if kubectl printed client-side warnings (`Warning:` lines or klog `W…` lines such

@@ -21,17 +21,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, Toleration,
 };
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt as _};
-use serde_json::{Value, json};
+use serde_json::json;
 use skiff_core::labels::Selector;
 use skiff_core::scheduling::{node_affinity_matches, untolerated};
 use skiff_events::Kind;
@@ -212,19 +212,15 @@ async fn sync(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .iter()
         .filter_map(|p| p.labels().get(REVISION_HASH).cloned())
         .collect();
-    let owner = history::Owner {
-        api: Api::<ControllerRevision>::namespaced(ctx.client.clone(), &namespace),
-        owner: &control.owner,
-        labels: spec
-            .template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default(),
-        annotations: ds.annotations().clone(),
-        limit: spec.revision_history_limit.unwrap_or(10).max(0) as usize,
-        collisions: ds.status.as_ref().and_then(|s| s.collision_count),
-    };
+    let owner = history::Owner::new(
+        &ctx.client,
+        &namespace,
+        &control.owner,
+        &spec.template,
+        ds.annotations(),
+        spec.revision_history_limit,
+        ds.status.as_ref().and_then(|s| s.collision_count),
+    );
     let current = owner
         .sync(&history::data_of(&spec.template), &in_use)
         .await
@@ -416,31 +412,16 @@ async fn sync(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         "collisionCount": current.collisions,
     });
     let old = serde_json::to_value(&ds.status).unwrap_or_default();
-    let changed = status.as_object().into_iter().flatten().any(|(k, v)| {
-        let was = old.get(k).unwrap_or(&Value::Null);
-        was != v && !(v == 0 && was.is_null())
-    });
-    if changed {
-        Api::<DaemonSet>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &ds.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .map_err(control.error("updating the status"))?;
-    }
-    if failure.is_some() {
-        return Ok(Action::requeue(Duration::from_secs(5)));
-    }
-    Ok(match recheck {
-        Some(wait) => Action::requeue(wait + Duration::from_millis(100)),
-        None => Action::await_change(),
-    })
+    crate::status::write(&ctx.client, &*ds, &old, status)
+        .await
+        .map_err(control.error("updating the status"))?;
+    Ok(crate::status::next(failure.is_some(), recheck))
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn node(name: &str, labels: Value, taints: Value) -> Node {

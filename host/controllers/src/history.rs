@@ -131,7 +131,32 @@ pub(crate) struct Owner<'a> {
     pub collisions: Option<i32>,
 }
 
-impl Owner<'_> {
+impl<'a> Owner<'a> {
+    /// The history of the workload `owner` in `namespace`, with its template, annotations,
+    /// `revisionHistoryLimit` (10) and `status.collisionCount`.
+    pub fn new(
+        client: &kube::Client,
+        namespace: &str,
+        owner: &'a OwnerReference,
+        template: &PodTemplateSpec,
+        annotations: &BTreeMap<String, String>,
+        limit: Option<i32>,
+        collisions: Option<i32>,
+    ) -> Self {
+        Owner {
+            api: Api::namespaced(client.clone(), namespace),
+            owner,
+            labels: template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default(),
+            annotations: annotations.clone(),
+            limit: limit.unwrap_or(10).max(0) as usize,
+            collisions,
+        }
+    }
+
     /// Makes sure the current template has the newest revision, and deletes the oldest
     /// revisions beyond the limit that no pod in `in_use` (hashes of live pods) runs.
     pub async fn sync(

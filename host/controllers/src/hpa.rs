@@ -445,15 +445,7 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Result<Action
         .filter_map(|c| serde_json::to_value(c).ok())
         .collect();
     let mut set = |type_: &str, status: &str, reason: &str, message: &str| {
-        let new = json!({"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": now_text});
-        match conditions.iter_mut().find(|c| c["type"] == type_) {
-            Some(c) if c["status"] == status => {
-                c["reason"] = json!(reason);
-                c["message"] = json!(message);
-            }
-            Some(c) => *c = new,
-            None => conditions.push(new),
-        }
+        crate::status::set_condition(&mut conditions, type_, status, reason, message, &now_text)
     };
     let write = |status: Value| {
         let hpas = hpas.clone();

@@ -39,6 +39,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::pods::{Error, PodControl, is_active, ready_since};
 use crate::replicaset::deletion_rank;
+use crate::status::set_condition;
 
 /// The name events are reported under.
 const CONTROLLER: &str = "job-controller";
@@ -249,29 +250,6 @@ fn condition(conditions: &[Value], type_: &str) -> bool {
     conditions
         .iter()
         .any(|c| c["type"] == type_ && c["status"] == "True")
-}
-
-/// Sets a condition, keeping its transition time if its status is unchanged.
-fn set_condition(
-    conditions: &mut Vec<Value>,
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-    now: &str,
-) {
-    let new = json!({
-        "type": type_, "status": status, "reason": reason, "message": message,
-        "lastProbeTime": now, "lastTransitionTime": now,
-    });
-    match conditions.iter_mut().find(|c| c["type"] == type_) {
-        Some(c) if c["status"] == status => {
-            c["reason"] = json!(reason);
-            c["message"] = json!(message);
-        }
-        Some(c) => *c = new,
-        None => conditions.push(new),
-    }
 }
 
 /// The Job controller's rules: given the job, its pods and their counts at `now`, what to

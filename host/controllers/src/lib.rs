@@ -55,6 +55,7 @@ pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
+mod status;
 
 use futures::future::BoxFuture;
 use kube::Client;

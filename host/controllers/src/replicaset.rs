@@ -18,12 +18,12 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt as _};
-use serde_json::{Value, json};
+use serde_json::json;
 use skiff_core::labels::Selector;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info_span, warn};
@@ -163,7 +163,6 @@ async fn reconcile_one(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
         return Ok(Action::await_change());
     }
     let name = rs.name_any();
-    let namespace = rs.namespace().unwrap_or_default();
     let control = PodControl::new(ctx.client.clone(), &ctx.recorder, &*rs, "apps/v1");
     let selector = selector_of(&rs).map_err(|reason| control.bad_selector(reason))?;
     let spec = rs.spec.clone().unwrap_or_default();
@@ -241,26 +240,10 @@ async fn reconcile_one(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
         _ => {}
     }
     let current = serde_json::to_value(&rs.status).unwrap_or_default();
-    let changed = status.as_object().into_iter().flatten().any(|(k, v)| {
-        current.get(k).unwrap_or(&Value::Null) != v && !(v == 0 && current.get(k).is_none())
-    });
-    if changed {
-        Api::<ReplicaSet>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .map_err(control.error("updating the status"))?;
-    }
-    if failure.is_some() {
-        return Ok(Action::requeue(Duration::from_secs(5)));
-    }
-    Ok(match recheck {
-        Some(wait) => Action::requeue(wait + Duration::from_millis(100)),
-        None => Action::await_change(),
-    })
+    crate::status::write(&ctx.client, &*rs, &current, status)
+        .await
+        .map_err(control.error("updating the status"))?;
+    Ok(crate::status::next(failure.is_some(), recheck))
 }
 
 #[cfg(test)]

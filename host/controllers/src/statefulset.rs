@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
 };
@@ -33,7 +33,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt as _};
-use serde_json::{Value, json};
+use serde_json::json;
 use skiff_core::labels::Selector;
 use skiff_events::Kind;
 use tokio_util::sync::CancellationToken;
@@ -249,19 +249,15 @@ async fn sync(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 .map(str::to_owned)
         })
         .collect();
-    let owner = history::Owner {
-        api: Api::<ControllerRevision>::namespaced(ctx.client.clone(), &namespace),
-        owner: &control.owner,
-        labels: spec
-            .template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default(),
-        annotations: set.annotations().clone(),
-        limit: spec.revision_history_limit.unwrap_or(10).max(0) as usize,
-        collisions: old.collision_count,
-    };
+    let owner = history::Owner::new(
+        &ctx.client,
+        &namespace,
+        &control.owner,
+        &spec.template,
+        set.annotations(),
+        spec.revision_history_limit,
+        old.collision_count,
+    );
     let history = owner
         .sync(&history::data_of(&spec.template), &in_use)
         .await
@@ -392,27 +388,10 @@ async fn sync(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .filter_map(|p| available(p, min_ready, now).err().flatten())
         .min();
     let was = serde_json::to_value(&set.status).unwrap_or_default();
-    let changed = status.as_object().into_iter().flatten().any(|(k, v)| {
-        let before = was.get(k).unwrap_or(&Value::Null);
-        before != v && !(v == 0 && before.is_null())
-    });
-    if changed {
-        Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .map_err(control.error("updating the status"))?;
-    }
-    if failure.is_some() {
-        return Ok(Action::requeue(Duration::from_secs(5)));
-    }
-    Ok(match recheck {
-        Some(wait) => Action::requeue(wait + Duration::from_millis(100)),
-        None => Action::await_change(),
-    })
+    crate::status::write(&ctx.client, &*set, &was, status)
+        .await
+        .map_err(control.error("updating the status"))?;
+    Ok(crate::status::next(failure.is_some(), recheck))
 }
 
 /// The set's pod for an ordinal, from the template of its revision.

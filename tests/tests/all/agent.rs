@@ -18,10 +18,16 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+/// [`setup`] with more flags for the server.
+fn setup_with(flags: &[&str]) -> Setup {
     let registry = TestRegistry::start().unwrap();
     let image = push_busybox_image(&registry, "v1").unwrap();
-    let cluster =
-        TestCluster::start_with_agent(&["--image-insecure-registry", &registry.host]).unwrap();
+    let mut args = vec!["--image-insecure-registry", &registry.host];
+    args.extend(flags);
+    let cluster = TestCluster::start_with_agent(&args).unwrap();
     Setup {
         cluster,
         image,
@@ -1383,16 +1389,8 @@ fn a_statefulset_starts_in_order_and_rolls_out_from_the_top_down_to_its_partitio
 
 #[test]
 fn kubectl_top_shows_usage_read_from_the_agents_cgroups() {
-    let registry = TestRegistry::start().unwrap();
-    let image = push_busybox_image(&registry, "v1").unwrap();
-    let cluster = TestCluster::start_with_agent(&[
-        "--image-insecure-registry",
-        &registry.host,
-        "--metric-resolution",
-        "1s",
-    ])
-    .unwrap();
-    let k = cluster.kubectl();
+    let s = setup_with(&["--metric-resolution", "1s"]);
+    let (k, image) = (s.cluster.kubectl(), s.image.clone());
     k.apply(
         &pod(
             "burner",
@@ -1440,18 +1438,13 @@ fn kubectl_top_shows_usage_read_from_the_agents_cgroups() {
 
 #[test]
 fn an_autoscaler_scales_a_cpu_burning_deployment_up_and_back_down() {
-    let registry = TestRegistry::start().unwrap();
-    let image = push_busybox_image(&registry, "v1").unwrap();
-    let cluster = TestCluster::start_with_agent(&[
-        "--image-insecure-registry",
-        &registry.host,
+    let s = setup_with(&[
         "--metric-resolution",
         "1s",
         "--horizontal-pod-autoscaler-sync-period",
         "2s",
-    ])
-    .unwrap();
-    let k = cluster.kubectl();
+    ]);
+    let (k, image) = (s.cluster.kubectl(), s.image.clone());
     // Each pod burns CPU until a moment 25 s from now, then idles: the load ends by itself.
     let until = jiff::Timestamp::now().as_second() + 25;
     k.apply(
@@ -1461,38 +1454,33 @@ fn an_autoscaler_scales_a_cpu_burning_deployment_up_and_back_down() {
         &[],
     );
     let replicas = || k.ok(&["get", "deploy", "burner", "-o", "jsonpath={.spec.replicas}"]);
-    let up = eventually(Duration::from_secs(40), || {
-        (replicas() == "3").then_some(())
-    });
-    assert!(
-        up.is_some(),
-        "never scaled up: {}\n{}",
-        replicas(),
-        k.ok(&["describe", "hpa", "burner"])
+    // Waits for the replicas, then finds the autoscaler's event for them.
+    let scaled_to = |n: &str, secs: u64, reason: &str| {
+        let done = eventually(Duration::from_secs(secs), || {
+            (replicas() == n).then_some(())
+        });
+        let described = k.ok(&["describe", "hpa", "burner"]);
+        assert!(
+            done.is_some(),
+            "never scaled to {n}: {}\n{described}",
+            replicas()
+        );
+        assert_matches(
+            &described,
+            &format!(r"SuccessfulRescale +.*New size: {n}; reason: {reason}"),
+        );
+    };
+    scaled_to(
+        "3",
+        40,
+        r"cpu resource utilization \(percentage of request\) above target",
     );
     assert_matches(
         &k.ok(&["get", "hpa", "burner"]),
         r"(?m)^burner +Deployment/burner +cpu: \d+%/50% +1 +3 +\d +",
     );
-    let described = k.ok(&["describe", "hpa", "burner"]);
-    assert_matches(
-        &described,
-        r"SuccessfulRescale +.*New size: 3; reason: cpu resource utilization \(percentage of request\) above target",
-    );
     // The burn ends; after the 3 s stabilization window it goes back to one.
-    let down = eventually(Duration::from_secs(60), || {
-        (replicas() == "1").then_some(())
-    });
-    assert!(
-        down.is_some(),
-        "never scaled down: {}\n{}",
-        replicas(),
-        k.ok(&["describe", "hpa", "burner"])
-    );
-    assert_matches(
-        &k.ok(&["describe", "hpa", "burner"]),
-        r"SuccessfulRescale +.*New size: 1; reason: All metrics below target",
-    );
+    scaled_to("1", 60, "All metrics below target");
     let conditions = k.ok(&[
         "get",
         "hpa",

@@ -541,13 +541,9 @@ fn daemonsets_follow_nodes_their_selector_and_taints_and_roll_back_by_revision()
     // Each pod is pinned to its node by name, and tolerates what daemons tolerate. (With
     // no agent, deleted pods stay, terminating, and are left out.)
     let placed = || {
-        let out = k.ok(&["get", "pods", "-l", "app=logger", "-o", "json"]);
-        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let mut v: Vec<String> = list["items"]
-            .as_array()
-            .unwrap()
+        let mut v: Vec<String> = k
+            .live_pods("app=logger")
             .iter()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .map(|p| {
                 let terms = &p["spec"]["affinity"]["nodeAffinity"]
                     ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];

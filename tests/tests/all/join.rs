@@ -325,13 +325,9 @@ fn a_drained_or_silent_node_loses_its_pods_to_the_other_node() {
     };
     rollout("on the joined node");
     let placement = || {
-        let out = k.ok(&["get", "pods", "-l", "app=web", "-o", "json"]);
-        let list: Value = serde_json::from_str(&out).unwrap();
-        let mut v: Vec<String> = list["items"]
-            .as_array()
-            .unwrap()
+        let mut v: Vec<String> = k
+            .live_pods("app=web")
             .iter()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .map(|p| {
                 let ready = p["status"]["conditions"]
                     .as_array()

@@ -1214,7 +1214,9 @@ fn kubectl_autoscale_makes_an_hpa_served_as_autoscaling_v1_and_v2() {
     );
     let replicas = || k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]);
     assert!(
-        eventually(Duration::from_secs(20), || (replicas() == "2").then_some(())).is_some(),
+        eventually(Duration::from_secs(20), || (replicas() == "2")
+            .then_some(()))
+        .is_some(),
         "the deployment has {} replicas, below the autoscaler's minimum",
         replicas()
     );

@@ -7,18 +7,15 @@
 //! `/proc/<pid>/stat`). A watch on the namespace sees every pod appear and be bound. The
 //! Deployment is created once the watch and the controllers are running.
 
-use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures::StreamExt;
 use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher;
 use serde_json::json;
 
-use super::scheduler::make_nodes;
+use super::scheduler::{Bound, bindings, make_nodes};
 use super::{Server, create_namespace, ms, print_table, send};
 
 /// Flags of `skiff bench controllers`.
@@ -88,7 +85,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     create_namespace(&mut admin, namespace).await?;
 
     let (listening, ready) = tokio::sync::oneshot::channel();
-    let watch = tokio::spawn(watch_pods(
+    let watch = tokio::spawn(bindings(
         kube::Api::<Pod>::namespaced(client.clone(), namespace),
         args.replicas,
         listening,
@@ -137,7 +134,11 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             String::from_utf8_lossy(&body)
         );
     }
-    let (created, bound) = tokio::time::timeout(Duration::from_secs(600), watch)
+    let Bound {
+        all_seen: created,
+        last: bound,
+        ..
+    } = tokio::time::timeout(Duration::from_secs(600), watch)
         .await
         .context("not every pod was bound within 600 s")???;
     let manager_cpu = cpu_time(manager.0.id())? - manager_before;
@@ -168,44 +169,4 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     ];
     print_table("skiff bench controllers", &rows);
     Ok(())
-}
-
-/// Watches a namespace's pods until `expected` exist and are bound; returns when the last
-/// appeared and when the last was bound.
-async fn watch_pods(
-    api: kube::Api<Pod>,
-    expected: usize,
-    listening: tokio::sync::oneshot::Sender<()>,
-) -> anyhow::Result<(Instant, Instant)> {
-    let mut listening = Some(listening);
-    let (mut seen, mut bound) = (HashSet::new(), HashSet::new());
-    let mut all_created = None;
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
-    while let Some(event) = stream.next().await {
-        let pod = match event? {
-            watcher::Event::InitDone => {
-                if let Some(tx) = listening.take() {
-                    let _ = tx.send(());
-                }
-                continue;
-            }
-            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => pod,
-            watcher::Event::Init | watcher::Event::Delete(_) => continue,
-        };
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        if seen.insert(name.clone()) && seen.len() == expected {
-            all_created = Some(Instant::now());
-        }
-        if pod.spec.and_then(|s| s.node_name).is_some()
-            && bound.insert(name)
-            && bound.len() == expected
-        {
-            let now = Instant::now();
-            return Ok((all_created.unwrap_or(now), now));
-        }
-    }
-    bail!(
-        "the watch ended after {} of {expected} pods were bound",
-        bound.len()
-    )
 }

@@ -239,13 +239,17 @@ fn load_times(path: &Path) -> anyhow::Result<(Duration, Duration, Duration)> {
 }
 
 /// How `count` creates are shared among at most 32 clients: (clients, creates each). The
-/// total is rounded up to a multiple of the clients.
+/// most clients (at least 16) that share `count` evenly, so the total is exact (100 nodes:
+/// 25 × 4); otherwise 32, and the total is rounded up to a multiple of them.
 fn split(count: usize) -> (usize, usize) {
-    let clients = 32.min(count).max(1);
+    let even = (16..=32)
+        .rev()
+        .find(|c| count.is_multiple_of(*c) && *c <= count);
+    let clients = even.unwrap_or_else(|| 32.min(count).max(1));
     (clients, count.div_ceil(clients))
 }
 
-/// Creates `count` simulated nodes (rounded up to a multiple of the 32 clients making them):
+/// Creates `count` simulated nodes (rounded up to a multiple of the clients making them):
 /// 32 CPUs, 128 GiB, 110 pods, three zones, every tenth tainted `dedicated=infra:NoSchedule`.
 /// Returns how many it made.
 pub(super) async fn make_nodes(server: &Server, count: usize) -> anyhow::Result<usize> {
@@ -364,7 +368,8 @@ async fn scenario_run(
     let outcome = tokio::time::timeout(Duration::from_secs(300), watch).await;
     shutdown.cancel();
     scheduler.await??;
-    let (first, last) = outcome.context("not every pod was bound within 300 s")???;
+    let Bound { first, last, .. } =
+        outcome.context("not every pod was bound within 300 s")???;
 
     for name in names {
         let path = format!("/apis/skiff.dev/v1alpha1/plugins/{name}");
@@ -393,16 +398,25 @@ async fn scenario_run(
     })
 }
 
-/// Watches a namespace's pods until `expected` of them are bound; returns when the first and
-/// the last binding were seen.
-async fn bindings(
+/// When a watched namespace's pods were bound.
+pub(super) struct Bound {
+    /// The first binding seen.
+    pub first: Instant,
+    /// The last one.
+    pub last: Instant,
+    /// When the last of the expected pods appeared.
+    pub all_seen: Instant,
+}
+
+/// Watches a namespace's pods until `expected` of them are bound.
+pub(super) async fn bindings(
     api: kube::Api<Pod>,
     expected: usize,
     listening: tokio::sync::oneshot::Sender<()>,
-) -> anyhow::Result<(Instant, Instant)> {
+) -> anyhow::Result<Bound> {
     let mut listening = Some(listening);
-    let mut bound = HashSet::new();
-    let mut first = None;
+    let (mut seen, mut bound) = (HashSet::new(), HashSet::new());
+    let (mut first, mut all_seen) = (None, None);
     let mut stream = watcher(api, watcher::Config::default()).boxed();
     while let Some(event) = stream.next().await {
         let pod = match event? {
@@ -415,13 +429,19 @@ async fn bindings(
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => pod,
             watcher::Event::Init | watcher::Event::Delete(_) => continue,
         };
-        if pod.spec.and_then(|s| s.node_name).is_some()
-            && bound.insert(pod.metadata.name.unwrap_or_default())
-        {
-            let now = Instant::now();
+        let name = pod.metadata.name.unwrap_or_default();
+        let now = Instant::now();
+        if seen.insert(name.clone()) && seen.len() == expected {
+            all_seen = Some(now);
+        }
+        if pod.spec.and_then(|s| s.node_name).is_some() && bound.insert(name) {
             first.get_or_insert(now);
             if bound.len() == expected {
-                return Ok((first.unwrap_or(now), now));
+                return Ok(Bound {
+                    first: first.unwrap_or(now),
+                    last: now,
+                    all_seen: all_seen.unwrap_or(now),
+                });
             }
         }
     }
