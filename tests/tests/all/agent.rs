@@ -1274,7 +1274,7 @@ fn a_statefulset_starts_in_order_and_rolls_out_from_the_top_down_to_its_partitio
     let v2 = push_busybox_image(&s.registry, "v2").unwrap();
     k.apply(
         &format!(
-            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  serviceName: db\n  replicas: 3\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: db\n        image: {}\n        command: [sh, -c, 'echo $(hostname) > /tmp/me; exec sleep 600']\n        readinessProbe: {{exec: {{command: [cat, /tmp/me]}}, periodSeconds: 1}}\n",
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  serviceName: db\n  replicas: 3\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: db\n        image: {}\n        command: [sh, -c, 'echo $(hostname) > /tmp/me; exec sleep 600']\n        readinessProbe: {{exec: {{command: [cat, /tmp/me]}}, periodSeconds: 1, timeoutSeconds: 10, failureThreshold: 5}}\n",
             s.image
         ),
         &[],

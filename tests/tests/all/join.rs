@@ -310,7 +310,7 @@ fn a_drained_or_silent_node_loses_its_pods_to_the_other_node() {
     k.ok(&["cordon", &home]);
     k.apply(
         &format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      tolerations: [{{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}]\n      containers: [{{name: web, image: {image}, command: [sleep, '600'], readinessProbe: {{exec: {{command: ['true']}}, initialDelaySeconds: 3, periodSeconds: 1}}}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: web}}\nspec:\n  minAvailable: 1\n  selector: {{matchLabels: {{app: web}}}}\n"
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      tolerations: [{{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}]\n      containers: [{{name: web, image: {image}, command: [sleep, '600'], readinessProbe: {{exec: {{command: ['true']}}, initialDelaySeconds: 3, periodSeconds: 1, timeoutSeconds: 10}}}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: web}}\nspec:\n  minAvailable: 1\n  selector: {{matchLabels: {{app: web}}}}\n"
         ),
         &[],
     );
