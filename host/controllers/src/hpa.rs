@@ -677,13 +677,18 @@ async fn pod_usage(
     namespace: &str,
     selector: &str,
 ) -> HashMap<String, (i64, i64)> {
-    let path = format!(
-        "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods?labelSelector={}",
-        selector
-            .replace(' ', "")
-            .replace(',', "%2C")
-            .replace('=', "%3D")
-    );
+    // Percent-encoded: set-based selectors have spaces, commas and parentheses.
+    let encoded: String = selector
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let path =
+        format!("/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods?labelSelector={encoded}");
     let request = match http::Request::get(path).body(Vec::new()) {
         Ok(r) => r,
         Err(_) => return HashMap::new(),
