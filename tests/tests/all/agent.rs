@@ -1445,11 +1445,11 @@ fn an_autoscaler_scales_a_cpu_burning_deployment_up_and_back_down() {
         "2s",
     ]);
     let (k, image) = (s.cluster.kubectl(), s.image.clone());
-    // Each pod burns CPU until a moment 25 s from now, then idles: the load ends by itself.
-    let until = jiff::Timestamp::now().as_second() + 25;
+    // Each pod burns CPU for its first 40 s, then idles: the load ends by itself, and a
+    // slow machine's late start still sees it.
     k.apply(
         &format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: burner}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: burner}}}}\n  template:\n    metadata: {{labels: {{app: burner}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: burn\n        image: {image}\n        env: [{{name: BURN_UNTIL, value: '{until}'}}]\n        command: [sh, -c, 'while [ $(date +%s) -lt $BURN_UNTIL ]; do :; done; exec sleep 3600']\n        resources: {{requests: {{cpu: 100m}}}}\n---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: burner}}\nspec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: burner}}\n  minReplicas: 1\n  maxReplicas: 3\n  metrics: [{{type: Resource, resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}}}]\n  behavior: {{scaleDown: {{stabilizationWindowSeconds: 3}}}}\n"
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: burner}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: burner}}}}\n  template:\n    metadata: {{labels: {{app: burner}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: burn\n        image: {image}\n        command: [sh, -c, 'end=$(( $(date +%s) + 40 )); while [ $(date +%s) -lt $end ]; do :; done; exec sleep 3600']\n        resources: {{requests: {{cpu: 100m}}}}\n---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: burner}}\nspec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: burner}}\n  minReplicas: 1\n  maxReplicas: 3\n  metrics: [{{type: Resource, resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}}}]\n  behavior: {{scaleDown: {{stabilizationWindowSeconds: 3}}}}\n"
         ),
         &[],
     );
@@ -1472,7 +1472,7 @@ fn an_autoscaler_scales_a_cpu_burning_deployment_up_and_back_down() {
     };
     scaled_to(
         "3",
-        40,
+        90,
         r"cpu resource utilization \(percentage of request\) above target",
     );
     assert_matches(
@@ -1480,7 +1480,7 @@ fn an_autoscaler_scales_a_cpu_burning_deployment_up_and_back_down() {
         r"(?m)^burner +Deployment/burner +cpu: \d+%/50% +1 +3 +\d +",
     );
     // The burn ends; after the 3 s stabilization window it goes back to one.
-    scaled_to("1", 60, "All metrics below target");
+    scaled_to("1", 120, "All metrics below target");
     let conditions = k.ok(&[
         "get",
         "hpa",
