@@ -13,6 +13,9 @@ repo=$(pwd)
 binary=$(realpath "$1")
 shift
 filters=${*:-"agent:: join::"}
+# Controller logic the host run already covers, and slow under emulation (two agents; a
+# CronJob's minute): left out here so the guest stays within its time.
+skips="--skip join::a_drained_or_silent_node_loses_its_pods_to_the_other_node --skip agent::jobs_run_pods_to_completion_or_failure_and_a_cronjob_starts_one_each_minute"
 
 work=target/v2-host
 mkdir -p "$work"
@@ -96,7 +99,7 @@ ip link set lo up
 hostname skiff-v2
 echo "cgroup controllers: \$(cat /sys/fs/cgroup/cgroup.controllers); v1 hierarchies: \$(grep -c ' cgroup ' /proc/mounts)"
 cd $repo/tests
-TMPDIR=/tmp HOME=/tmp $binary --test-threads 2 $filters
+TMPDIR=/tmp HOME=/tmp $binary --test-threads 2 $filters $skips
 EOF
 
 # What the guest must see where the host has it (the paths have no spaces: kernel arguments).
@@ -106,7 +109,7 @@ for path in "$repo" "$(realpath "$work")" "$(dirname "$binary")"; do
 done
 
 log=$work/guest.log
-timeout 900 qemu-system-x86_64 -accel tcg -cpu max -m 4096 -smp 2 -nographic -no-reboot \
+timeout 1200 qemu-system-x86_64 -accel tcg -cpu max -m 4096 -smp 2 -nographic -no-reboot \
     -kernel "$work/kernel/vmlinuz" -initrd "$work/initrd.gz" \
     -append "console=ttyS0 cgroup_no_v1=all quiet panic=-1 skiff.script=$script $keep" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
