@@ -438,12 +438,7 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Result<Action
             source,
         }
     };
-    let mut conditions: Vec<Value> = old
-        .conditions
-        .iter()
-        .flatten()
-        .filter_map(|c| serde_json::to_value(c).ok())
-        .collect();
+    let mut conditions = crate::status::conditions_of(&old.conditions);
     let mut set = |type_: &str, status: &str, reason: &str, message: &str| {
         crate::status::set_condition(&mut conditions, type_, status, reason, message, &now_text)
     };

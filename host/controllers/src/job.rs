@@ -258,12 +258,7 @@ pub fn plan(job: &Job, pods: &[Pod], counted: &Counted, now: jiff::Timestamp) ->
     let spec: JobSpec = job.spec.clone().unwrap_or_default();
     let old = job.status.clone().unwrap_or_default();
     let now_text = skiff_core::time::format_time(now);
-    let mut conditions: Vec<Value> = old
-        .conditions
-        .iter()
-        .flatten()
-        .filter_map(|c| serde_json::to_value(c).ok())
-        .collect();
+    let mut conditions = crate::status::conditions_of(&old.conditions);
     let mut start_time = old.start_time.as_ref().map(|t| t.0);
     let mut completion_time = old.completion_time.as_ref().map(|t| t.0);
     let active: Vec<usize> = (0..pods.len()).filter(|&i| is_active(&pods[i])).collect();

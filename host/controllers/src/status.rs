@@ -8,6 +8,15 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt as _};
 use serde_json::{Value, json};
 
+/// A status's typed conditions as JSON, for [`set_condition`].
+pub(crate) fn conditions_of<T: serde::Serialize>(conditions: &Option<Vec<T>>) -> Vec<Value> {
+    conditions
+        .iter()
+        .flatten()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect()
+}
+
 /// Sets a condition, keeping its transition time when its status is unchanged.
 pub(crate) fn set_condition(
     conditions: &mut Vec<Value>,
