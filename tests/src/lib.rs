@@ -75,7 +75,31 @@ impl TestCluster {
             agent,
         };
         cluster.spawn(0)?;
+        if agent {
+            cluster.wait_node_ready()?;
+        }
         Ok(cluster)
+    }
+
+    /// Waits for the built-in agent's node to report Ready. The server says it is ready
+    /// before its agent has registered: the Node is created first and its status (capacity,
+    /// conditions) is written after, as the kubelet does, which takes seconds under emulation.
+    fn wait_node_ready(&self) -> Result<()> {
+        let kubectl = self.kubectl();
+        let ready = eventually(Duration::from_secs(60), || {
+            let run = kubectl.run(&["get", "nodes", "-o", "json"]);
+            let nodes: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+            nodes["items"]
+                .as_array()?
+                .iter()
+                .flat_map(|n| n["status"]["conditions"].as_array().into_iter().flatten())
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                .then_some(())
+        });
+        match ready {
+            Some(()) => Ok(()),
+            None => bail!("the agent's node never became Ready:\n{}", self.logs()),
+        }
     }
 
     fn spawn(&mut self, port: u16) -> Result<()> {
