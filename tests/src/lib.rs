@@ -156,6 +156,11 @@ impl TestCluster {
         }
     }
 
+    /// The server's data directory (its built-in agent's is `agent/` in it).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The server's log so far.
     pub fn logs(&self) -> String {
         self.log

@@ -97,6 +97,9 @@ pub fn spare() -> ! {
     // it forks for the container) resolves /proc through is opened once per process and
     // cached, so it is opened here rather than inside a container's start.
     let _ = pathrs::procfs::ProcfsHandle::new();
+    // Likewise the v1 cgroup mounts libcgroups looks hierarchies up in (read once per
+    // process by our patch of it, vendor/libcgroups; the lookup fails harmlessly on v2).
+    let _ = libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Cpu);
     let mut line = String::new();
     if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
         std::process::exit(0);
@@ -455,7 +458,7 @@ fn supervise(args: &RunArgs, mut started: Started) -> i32 {
         started_at: started.started_at,
         finished_at: jiff::Timestamp::now(),
     };
-    if let Err(e) = started.container.delete(true) {
+    if let Err(e) = delete(&mut started.container) {
         eprintln!("deleting container {}: {e}", args.id);
     }
     let written = write_json(&args.dir.join("exit.json"), &exit);
@@ -468,6 +471,26 @@ fn supervise(args: &RunArgs, mut started: Started) -> i32 {
         return 1;
     }
     0
+}
+
+/// Deletes the stopped container: its cgroup and libcontainer's state. This is what
+/// libcontainer's own delete does, but for the cgroup, the most of the time it takes (see
+/// [`crate::youki::remove_container_cgroup`]). libcontainer's delete still runs for a
+/// container with poststop hooks or without a cgroup path; the agent's specs have neither
+/// hooks nor Intel RDT settings, the rest of what it cleans up.
+fn delete(container: &mut libcontainer::container::Container) -> Result<(), String> {
+    let config = container.spec().map_err(|e| e.to_string())?;
+    let hooks = config
+        .hooks
+        .as_ref()
+        .is_some_and(|h| h.poststop().as_ref().is_some_and(|p| !p.is_empty()));
+    let cgroup = config.cgroup_path.to_string_lossy();
+    if hooks || cgroup.is_empty() {
+        return container.delete(true).map_err(|e| e.to_string());
+    }
+    crate::youki::remove_container_cgroup(&cgroup).map_err(|e| e.to_string())?;
+    std::fs::remove_dir_all(&container.root)
+        .map_err(|e| format!("removing {}: {e}", container.root.display()))
 }
 
 /// One of the container's output streams, cut into CRI log lines

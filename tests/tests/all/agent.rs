@@ -107,6 +107,35 @@ fn a_pod_runs_to_completion_and_its_output_is_in_kubectl_logs() {
         "{status}"
     );
     assert_eq!(done["status"]["qosClass"], "BestEffort");
+    // The shim removed the container's cgroup and libcontainer's state before it recorded
+    // the exit: nothing is left under the pod's cgroup in any hierarchy.
+    let uid = done["metadata"]["uid"].as_str().unwrap();
+    let hierarchies: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path())
+        .chain([std::path::PathBuf::from("/sys/fs/cgroup")])
+        .collect();
+    for pod_cgroup in hierarchies
+        .iter()
+        .map(|h| h.join(format!("skiff/pod{uid}")))
+    {
+        let left: Vec<_> = std::fs::read_dir(&pod_cgroup)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+    let state = s.cluster.data_dir().join("agent/youki");
+    let left: Vec<_> = std::fs::read_dir(&state).unwrap().flatten().collect();
+    assert!(
+        left.is_empty(),
+        "libcontainer state left in {}: {left:?}",
+        state.display()
+    );
     let logs = kubectl.ok(&["logs", "hello"]);
     // Hostname = pod name; the pod's own network namespace has lo up (IFF_UP|IFF_LOOPBACK).
     assert_eq!(logs, "hello from hello\nsecond line\n0x9\n");
