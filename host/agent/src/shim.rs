@@ -3,8 +3,10 @@
 //!
 //! libcontainer `clone3()`s the calling process and runs Rust code in the child before it
 //! execs, and it changes process-wide state (dumpable, cwd); from the multi-threaded agent
-//! that deadlocks (see shared/reference/youki-notes.md, O3/O4). So the agent fork+execs this
-//! shim per container. The shim is the parent of the container's init: it waits for it,
+//! that deadlocks (see shared/reference/youki-notes.md, O3/O4). So each container gets a
+//! shim process of its own, forked by `skiff shim server` (see [`server`]), a
+//! single-threaded process the agent starts once. The shim is the parent of the
+//! container's init: it waits for it,
 //! keeps its output in the CRI log format, records the exit (code, signal, OOM kill) in a
 //! file, removes the container's cgroups and state, and exits. It runs in its own session,
 //! so it outlives an agent restart and the exit code survives it.
@@ -22,11 +24,12 @@ use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{SigHandler, Signal};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-/// The arguments of `skiff shim run` (also sent as JSON to a spare shim).
+/// The arguments of `skiff shim run` (also sent as JSON to the shim server).
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct RunArgs {
     /// The container's ID (libcontainer's, and the directory name under `--root`).
@@ -89,62 +92,111 @@ pub fn process_start(pid: i32) -> Option<u64> {
         .ok()
 }
 
-/// `skiff shim spare`: a shim started ahead of time, so a container start doesn't wait for
-/// a process to exec. It reads its [`RunArgs`] as one JSON line on stdin, then is `skiff
-/// shim run`. If the agent goes away first, stdin ends and so does the spare.
-pub fn spare() -> ! {
-    // One-time work done while waiting: the procfs handle libcontainer (and the processes
-    // it forks for the container) resolves /proc through is opened once per process and
-    // cached, so it is opened here rather than inside a container's start.
+/// `skiff shim server`: the fork server the agent makes its shims with. A container's
+/// start then costs a fork of this small, single-threaded, already initialised process
+/// rather than an exec of the whole skiff binary (its loading and relocations, several
+/// milliseconds of CPU beside every container start).
+///
+/// Its stdin is a `SOCK_SEQPACKET` socket to the agent. Each request is one message: the
+/// [`RunArgs`] as JSON, carrying one file descriptor, the pipe that becomes the shim's
+/// stdout. The answer is a [`Ready`] with the shim's PID (or why there is none). The
+/// server ends when the agent closes its side; the shims it forked live on, each in a
+/// session of its own, and are reaped by the kernel (SIGCHLD is ignored here).
+pub fn server() -> ! {
+    use std::os::fd::AsFd as _;
+    // Done once here and inherited by every shim forked after: libcontainer's procfs
+    // handle (opened once per process and cached), and the v1 cgroup mounts libcgroups
+    // reads (cached by our patch of it; the lookup fails harmlessly on a v2 host).
     let _ = pathrs::procfs::ProcfsHandle::new();
-    // Likewise the v1 cgroup mounts libcgroups looks hierarchies up in (read once per
-    // process by our patch of it, vendor/libcgroups; the lookup fails harmlessly on v2).
     let _ = libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Cpu);
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
-        std::process::exit(0);
-    }
-    // Started in the idle scheduling class (see `YoukiRuntime::refill_spare`); the
-    // container inherits ours, so back to the normal one.
-    idle_class(false);
-    let args: RunArgs = match serde_json::from_str(&line) {
-        Ok(a) => a,
-        Err(e) => {
-            let ready = Ready {
+    // SAFETY: setting a signal's disposition to SIG_IGN runs no handler code.
+    #[expect(unsafe_code, reason = "nix's signal() is unsafe because of handlers")]
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGCHLD, SigHandler::SigIgn) };
+    // Used where it is, as fd 0: a shim's dup of /dev/null over it closes it there.
+    let stdin = std::io::stdin();
+    let socket = stdin.as_fd();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let (len, pipe) = match receive(socket, &mut buf) {
+            Ok((0, _)) | Err(_) => std::process::exit(0),
+            Ok(received) => received,
+        };
+        let answer = match (serde_json::from_slice::<RunArgs>(&buf[..len]), pipe) {
+            (Ok(args), Some(pipe)) => fork_shim(args, pipe),
+            (Err(e), _) => Ready {
                 pid: None,
-                error: Some(format!("the spare shim got bad arguments: {e}")),
-            };
-            println!("{}", serde_json::to_string(&ready).unwrap_or_default());
-            std::process::exit(1);
+                error: Some(format!("the shim server got bad arguments: {e}")),
+            },
+            (Ok(_), None) => Ready {
+                pid: None,
+                error: Some("the shim server got no stdout for the shim".into()),
+            },
+        };
+        let answer = serde_json::to_vec(&answer).unwrap_or_default();
+        if rustix::net::send(socket, &answer, rustix::net::SendFlags::empty()).is_err() {
+            std::process::exit(0);
         }
-    };
-    // The container inherits neither the argument pipe nor a stderr nobody reads.
-    use std::os::fd::AsRawFd as _;
-    if let Ok(null) = File::open("/dev/null") {
-        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
     }
-    if let Ok(log) = File::create(args.dir.join("shim.log")) {
-        let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
-    }
-    run(args)
 }
 
-/// Moves the calling thread into the idle scheduling class (`SCHED_IDLE`: it runs only
-/// when nothing else wants the CPU) or back to the normal one; processes it starts
-/// inherit the class.
-pub fn idle_class(idle: bool) {
-    let param = libc::sched_param { sched_priority: 0 };
-    let policy = if idle {
-        libc::SCHED_IDLE
-    } else {
-        libc::SCHED_OTHER
+/// One request: its bytes in `buf`, and the descriptor it carried.
+fn receive(
+    socket: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = loop {
+        match rustix::net::recvmsg(
+            socket,
+            &mut [std::io::IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
     };
-    // SAFETY: a plain system call on the calling thread (pid 0) with a valid parameter.
-    #[expect(
-        unsafe_code,
-        reason = "sched_setscheduler has no safe wrapper in nix or rustix"
-    )]
-    let _ = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    let mut fd = None;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = message {
+            fd = fd.or_else(|| fds.next());
+        }
+    }
+    Ok((received.bytes, fd))
+}
+
+/// Forks the shim for `args`, its stdout `pipe`; the parent's answer.
+fn fork_shim(args: RunArgs, pipe: OwnedFd) -> Ready {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: this process is single-threaded, so the child may run any code.
+    #[expect(unsafe_code, reason = "fork has no safe wrapper")]
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: as above; the shim waits for its container, so it needs SIGCHLD back.
+            #[expect(unsafe_code, reason = "nix's signal() is unsafe because of handlers")]
+            let _ = unsafe { nix::sys::signal::signal(Signal::SIGCHLD, SigHandler::SigDfl) };
+            // The request socket is not the shim's; neither is a stderr nobody reads.
+            if let Ok(null) = File::open("/dev/null") {
+                let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+            }
+            if let Ok(log) = File::create(args.dir.join("shim.log")) {
+                let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+            }
+            let _ = nix::unistd::dup2(pipe.as_raw_fd(), 1);
+            drop(pipe);
+            run(args)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ready {
+            pid: Some(child.as_raw()),
+            error: None,
+        },
+        Err(e) => Ready {
+            pid: None,
+            error: Some(format!("forking the shim: {e}")),
+        },
+    }
 }
 
 /// What `exit.json` holds once the container has exited.

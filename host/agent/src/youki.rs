@@ -31,28 +31,94 @@ pub struct YoukiConfig {
 /// How long a container may take to be created and started.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// How many spare shims wait for containers.
-const SPARES: usize = 2;
-
 /// Runs containers with libcontainer through per-container shims.
 pub struct YoukiRuntime {
     config: YoukiConfig,
-    /// Shims this process spawned: reaped when they exit. Shims adopted after a restart
-    /// are children of another process.
-    children: Arc<Mutex<HashMap<String, Child>>>,
-    /// Shims started ahead of time (`skiff shim spare`), waiting for their containers:
-    /// a start takes one that has long finished its exec.
-    spare: Arc<Mutex<std::collections::VecDeque<Child>>>,
+    /// The stdout of each shim this runtime started, which ends once the container's exit
+    /// is recorded. Shims adopted after a restart are watched through their PIDs instead.
+    outputs: Arc<Mutex<HashMap<String, std::fs::File>>>,
+    /// The fork server (`skiff shim server`) the shims come from, started on first use.
+    server: Mutex<Option<ShimServer>>,
+}
+
+/// A running `skiff shim server` and the agent's end of its request socket.
+struct ShimServer {
+    process: Child,
+    socket: std::os::fd::OwnedFd,
+}
+
+impl ShimServer {
+    fn start(shim: &Path) -> std::io::Result<ShimServer> {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType};
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        // A server that stops answering must not hold up every start behind it: after
+        // this, the request fails and a new server is started.
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(std::time::Duration::from_secs(10)),
+        )?;
+        let process = Command::new(shim)
+            .arg("shim")
+            .arg("server")
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(ShimServer {
+            process,
+            socket: ours,
+        })
+    }
+
+    /// Ends the server, if any (the shims it forked run on: each has a session of its own).
+    fn stop(server: Option<ShimServer>) {
+        if let Some(mut server) = server {
+            let _ = server.process.kill();
+            let _ = server.process.wait();
+        }
+    }
+
+    /// Has the server fork a shim for `request` with `stdout`; the shim's answer.
+    fn fork(&self, request: &[u8], stdout: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Ready> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let fds = [stdout];
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        rustix::net::sendmsg(
+            &self.socket,
+            &[std::io::IoSlice::new(request)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )?;
+        let mut answer = [0u8; 4096];
+        let n = loop {
+            match rustix::net::recv(&self.socket, &mut answer, rustix::net::RecvFlags::empty()) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break other?.0,
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        serde_json::from_slice(&answer[..n]).map_err(std::io::Error::other)
+    }
 }
 
 impl Drop for YoukiRuntime {
     fn drop(&mut self) {
-        let spares = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|p| p.into_inner()));
-        for mut spare in spares {
-            // Its stdin closes with it: the spare exits on its own.
-            drop(spare.stdin.take());
-            let _ = spare.wait();
-        }
+        ShimServer::stop(
+            self.server
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
     }
 }
 
@@ -65,67 +131,39 @@ impl YoukiRuntime {
         }
         Ok(YoukiRuntime {
             config,
-            children: Arc::default(),
-            spare: Arc::default(),
+            outputs: Arc::default(),
+            server: Mutex::default(),
         })
     }
 
-    fn alive(child: &Child) -> bool {
-        Path::new(&format!("/proc/{}", child.id())).exists()
-            && crate::shim::process_start(child.id() as i32).is_some()
-    }
-
-    fn spawn_spare(shim: &Path) -> std::io::Result<Child> {
-        let child = Command::new(shim)
-            .arg("shim")
-            .arg("spare")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(child)
-    }
-
-    /// A shim for the next container: the spare if it is alive, else a new one.
-    fn take_shim(&self) -> std::io::Result<Child> {
+    /// Forks the shim for `args` from the server (started, or started again if it died),
+    /// and returns the read end of the shim's stdout with its answer.
+    fn fork_shim(&self, args: &crate::shim::RunArgs) -> std::io::Result<(std::fs::File, Ready)> {
+        let request = serde_json::to_vec(args)?;
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let mut server = self.server.lock().unwrap_or_else(|p| p.into_inner());
+        let mut retried = false;
         loop {
-            let spare = self
-                .spare
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front();
-            match spare {
-                Some(child) if Self::alive(&child) => return Ok(child),
-                Some(mut dead) => {
-                    let _ = dead.wait();
+            let running = server
+                .as_mut()
+                .is_some_and(|s| matches!(s.process.try_wait(), Ok(None)));
+            let current = match server.take() {
+                Some(s) if running => server.insert(s),
+                gone => {
+                    ShimServer::stop(gone);
+                    server.insert(ShimServer::start(&self.config.shim)?)
                 }
-                None => return Self::spawn_spare(&self.config.shim),
+            };
+            match current.fork(&request, std::os::fd::AsFd::as_fd(&write)) {
+                Ok(ready) => return Ok((std::fs::File::from(read), ready)),
+                Err(e) if retried => return Err(e),
+                // It died since the check: once more, with a new one.
+                Err(_) => {
+                    ShimServer::stop(server.take());
+                    retried = true;
+                }
             }
         }
-    }
-
-    /// Starts the next spare in the background (after a container has started, so it
-    /// doesn't compete with that start for the CPU).
-    fn refill_spare(&self) {
-        let path = self.config.shim.clone();
-        let slot = self.spare.clone();
-        std::thread::spawn(move || {
-            // A spare's start-up (the loader's relocations, mostly) runs beside a
-            // container that is starting or exiting. Spawned from an idle-class thread, it
-            // is idle-class from its first instruction, so any other task that wakes takes
-            // the CPU from it at once (a low nice value alone still lets it finish its
-            // slice first). It leaves the class once it has a container (`shim::spare`).
-            crate::shim::idle_class(true);
-            while slot.lock().unwrap_or_else(|p| p.into_inner()).len() < SPARES {
-                match Self::spawn_spare(&path) {
-                    Ok(next) => slot
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_back(next),
-                    Err(_) => return,
-                }
-            }
-        });
     }
 
     fn container_dir(&self, id: &str) -> PathBuf {
@@ -194,17 +232,17 @@ impl ContainerRuntime for YoukiRuntime {
                 stdin_once: config.stdin_once,
                 tty,
             };
-            let mut child = self.take_shim().map_err(RuntimeError::io(format!(
-                "starting the shim {}",
+            let (stdout, forked) = self.fork_shim(&args).map_err(RuntimeError::io(format!(
+                "starting the shim server {}",
                 self.config.shim.display()
             )))?;
-            let mut line = serde_json::to_vec(&args).expect("arguments serialize");
-            line.push(b'\n');
-            let mut stdin = child.stdin.take().expect("piped");
-            std::io::Write::write_all(&mut stdin, &line)
-                .map_err(RuntimeError::io("sending the shim its container"))?;
-            drop(stdin);
-            let stdout = child.stdout.take().expect("piped");
+            let shim = match forked {
+                Ready {
+                    pid: Some(pid),
+                    error: None,
+                } => nix::unistd::Pid::from_raw(pid),
+                Ready { error, .. } => return Err(RuntimeError::Start(error.unwrap_or_default())),
+            };
             let read = tokio::task::spawn_blocking(move || {
                 let mut line = String::new();
                 let mut reader = std::io::BufReader::new(stdout);
@@ -219,15 +257,13 @@ impl ContainerRuntime for YoukiRuntime {
                     .map_err(|e| RuntimeError::Start(format!("waiting for the shim: {e}")))?
                     .map_err(RuntimeError::io("reading the shim's answer"))?,
                 Err(_) => {
-                    let _ = child.kill();
-                    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+                    let _ = nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGKILL);
                     return Err(RuntimeError::Start(format!(
                         "the container did not start within {}s",
                         START_TIMEOUT.as_secs()
                     )));
                 }
             };
-            self.refill_spare();
             let ready: Ready = serde_json::from_str(line.trim()).unwrap_or(Ready {
                 pid: None,
                 error: Some(format!(
@@ -242,18 +278,14 @@ impl ContainerRuntime for YoukiRuntime {
                     let started_at = read_json::<RunningState>(&dir.join("state.json"))
                         .map(|s| s.started_at)
                         .unwrap_or_else(jiff::Timestamp::now);
-                    child.stdout = Some(stdout);
-                    self.children
+                    self.outputs
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(config.id.clone(), child);
+                        .insert(config.id.clone(), stdout);
                     debug!(id = %config.id, pid, "container started");
                     Ok(Started { pid, started_at })
                 }
-                (_, error) => {
-                    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-                    Err(RuntimeError::Start(error.unwrap_or_default()))
-                }
+                (_, error) => Err(RuntimeError::Start(error.unwrap_or_default())),
             }
         })
     }
@@ -261,19 +293,17 @@ impl ContainerRuntime for YoukiRuntime {
     fn wait(&self, id: &str) -> BoxFuture<'static, Result<Exit, RuntimeError>> {
         let dir = self.container_dir(id);
         let id = id.to_owned();
-        let children = self.children.clone();
+        let outputs = self.outputs.clone();
         Box::pin(async move {
             let state: Option<RunningState> = read_json(&dir.join("state.json"));
-            if let Some(exit) = read_json::<ExitState>(&dir.join("exit.json")) {
-                reap(&children, &id).await;
-                return Ok(exit);
-            }
             // A shim this runtime started ends its stdout once the exit is recorded.
-            let done = children
+            let done = outputs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&id)
-                .and_then(|c| c.stdout.take());
+                .remove(&id);
+            if let Some(exit) = read_json::<ExitState>(&dir.join("exit.json")) {
+                return Ok(exit);
+            }
             if let Some(done) = done
                 && let Ok(mut done) = tokio::net::unix::pipe::Receiver::from_owned_fd(
                     std::os::fd::OwnedFd::from(done),
@@ -284,8 +314,6 @@ impl ContainerRuntime for YoukiRuntime {
                 {
                 }
                 if let Some(exit) = read_json::<ExitState>(&dir.join("exit.json")) {
-                    // The shim is on its way out: reaped without holding up the caller.
-                    tokio::spawn(async move { reap(&children, &id).await });
                     return Ok(exit);
                 }
             }
@@ -308,7 +336,6 @@ impl ContainerRuntime for YoukiRuntime {
                 }
                 _ => {}
             }
-            reap(&children, &id).await;
             Ok(
                 read_json::<ExitState>(&dir.join("exit.json")).unwrap_or_else(|| {
                     warn!(%id, "the shim exited without recording the container's exit");
@@ -533,16 +560,6 @@ impl ContainerRuntime for YoukiRuntime {
             });
         }
         Ok(out)
-    }
-}
-
-async fn reap(children: &Mutex<HashMap<String, Child>>, id: &str) {
-    let child = children
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(id);
-    if let Some(mut child) = child {
-        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     }
 }
 

@@ -50,8 +50,8 @@ enum ShimCommand {
     Run(skiff_agent::shim::RunArgs),
     /// Run a process in a running container.
     Exec(skiff_agent::shim::ExecArgs),
-    /// Wait for a container's arguments on stdin, then run it.
-    Spare,
+    /// Fork a shim for each container the agent asks for on stdin.
+    Server,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Shim(ShimCommand::Run(args)) => skiff_agent::shim::run(args),
         Command::Shim(ShimCommand::Exec(args)) => skiff_agent::shim::exec(args),
-        Command::Shim(ShimCommand::Spare) => skiff_agent::shim::spare(),
+        Command::Shim(ShimCommand::Server) => skiff_agent::shim::server(),
         Command::Image(args) => return agent::image(args),
         other => other,
     };
