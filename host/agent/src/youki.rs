@@ -616,7 +616,7 @@ fn configure_cgroup(path: &str, limits: &PodLimits) -> std::io::Result<()> {
 /// /sys/fs/cgroup (aliases such as `cpu` for `cpu,cpuacct` are symlinks, so skipped), or
 /// the one of a pure v2 host.
 fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup");
+    let root = Path::new(CGROUP_FS);
     let rel = path.trim_start_matches('/');
     let mut dirs = Vec::new();
     if root.join("cgroup.controllers").exists() {
@@ -689,11 +689,8 @@ fn pids_in(dir: &Path) -> Vec<i32> {
 
 /// The processes in a container's cgroup (any hierarchy that has it).
 fn cgroup_pids(cgroup: &str) -> Vec<i32> {
-    let rel = cgroup.trim_start_matches('/');
-    ["pids", "memory", "cpu", ""]
-        .iter()
-        .map(|h| Path::new("/sys/fs/cgroup").join(h).join(rel))
-        .find(|d| d.join("cgroup.procs").exists())
-        .map(|d| pids_in(&d))
+    cgroup_dirs(cgroup)
+        .first()
+        .map(|d| pids_in(d))
         .unwrap_or_default()
 }
